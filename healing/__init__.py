@@ -1,0 +1,79 @@
+"""Self-healing integration calls on Temporal.
+
+Register ``HealingPlugin(HealingConfig())`` on a worker; mark integration activities with
+``@healing.integration(...)``. Failures are classified, healed where possible, and escalated
+to a human otherwise.
+"""
+
+from healing.activities import HealingActivities, healing_activities
+from healing.classify import Failure, classify_error, detect_error
+from healing.config import BackoffPolicy, BreakerPolicy, HealingConfig
+from healing.errors import (
+    ConfigError,
+    CredentialError,
+    DecisionError,
+    GrantRevoked,
+    HealingError,
+    IntegrationFailure,
+    SchemaMismatch,
+)
+from healing.integration import CallContext, CallHints, current_call, integration
+from healing.interceptor import SelfHealingInterceptor
+from healing.plugin import HealingPlugin
+from healing.types import (
+    CircuitBreakerState,
+    Classification,
+    ErrorPattern,
+    ErrorType,
+    Escalation,
+    EscalationDecision,
+    EscalationOption,
+    FailureReport,
+    HealingAttempt,
+    HealingEvent,
+    HealingResult,
+    HealingStatus,
+    HealingStrategy,
+)
+
+__all__ = [
+    # Registering
+    "HealingConfig",
+    "HealingPlugin",
+    "SelfHealingInterceptor",
+    "healing_activities",
+    "HealingActivities",
+    "BackoffPolicy",
+    "BreakerPolicy",
+    # Marking activities
+    "integration",
+    "current_call",
+    "CallContext",
+    "CallHints",
+    # Classification
+    "Failure",
+    "classify_error",
+    "detect_error",
+    # Types
+    "CircuitBreakerState",
+    "Classification",
+    "ErrorPattern",
+    "ErrorType",
+    "Escalation",
+    "EscalationDecision",
+    "EscalationOption",
+    "FailureReport",
+    "HealingAttempt",
+    "HealingEvent",
+    "HealingResult",
+    "HealingStatus",
+    "HealingStrategy",
+    # Errors
+    "ConfigError",
+    "CredentialError",
+    "DecisionError",
+    "GrantRevoked",
+    "HealingError",
+    "IntegrationFailure",
+    "SchemaMismatch",
+]

@@ -1,0 +1,113 @@
+"""HealingConfig: every knob of the library, with the spec's defaults.
+
+Loaded from keyword arguments, environment variables ``HEALING_*`` (nested with ``__``, e.g.
+``HEALING_BACKOFF__MAX_S=10``) and a TOML file (``HealingConfig.from_toml``). Frozen, so one
+instance can be shared by every workflow and activity of a worker.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from healing.errors import ConfigError
+from healing.matrix import DEFAULT_MATRIX, MatrixRow
+from healing.types import DecisionOptionName, ErrorType
+
+
+class BackoffPolicy(BaseModel):
+    """Exponential backoff with symmetric jitter: initial * multiplier**n, capped, +-jitter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial_s: float = Field(default=1.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    max_s: float = Field(default=30.0, gt=0)
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    max_retries: int = Field(default=3, ge=0)
+
+
+class BreakerPolicy(BaseModel):
+    """Opens after ``failure_threshold`` failures in ``window_s`` that are also at least
+    ``min_failure_ratio`` of the window's calls; half-opens after ``open_s`` with one probe."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    failure_threshold: int = Field(default=5, ge=1)
+    window_s: float = Field(default=60.0, gt=0)
+    min_failure_ratio: float = Field(default=0.5, ge=0, le=1)
+    open_s: float = Field(default=30.0, gt=0)
+
+
+class HealingConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="HEALING_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    matrix: dict[ErrorType, MatrixRow] = Field(default_factory=lambda: dict(DEFAULT_MATRIX))
+    backoff: BackoffPolicy = BackoffPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+    healing_budget_s: float = Field(default=120.0, gt=0)
+    """Time one call may spend healing (retries, waits) before it escalates."""
+    max_retry_after_s: float = Field(default=120.0, gt=0)
+    """A Retry-After longer than this (or than the budget left) escalates instead of waiting."""
+    escalation_timeout_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    escalation_default: DecisionOptionName = "abort"
+    heal_all_activities: bool = False
+    search_attributes: bool = True
+    rules: list[dict[str, Any]] = Field(default_factory=list)
+    """Extra classification rules (see ``healing.classify.Rule``), tried before the built-ins."""
+    healing_activity_timeout_s: float = Field(default=30.0, gt=0)
+
+    # Deployment settings, read by worker.py and the CLI.
+    task_queue: str = "integrations"
+    connectors: str = "connectors.toml"
+    store: str = "sqlite:///.healing/healing.db"
+    secret_key: SecretStr | None = None
+
+    @field_validator("matrix", mode="after")
+    @classmethod
+    def _complete_matrix(cls, value: dict[ErrorType, MatrixRow]) -> dict[ErrorType, MatrixRow]:
+        merged = dict(DEFAULT_MATRIX)
+        merged.update(value)
+        return merged
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> HealingConfig:
+        """Load ``[healing]`` (or the top level) of a TOML file; keyword arguments win."""
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"healing config file {p} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"healing config file {p} is not valid TOML: {exc}") from exc
+        section = data.get("healing", data)
+        return cls.load(**{**section, **overrides})
+
+    @classmethod
+    def load(cls, **values: Any) -> HealingConfig:
+        """Build a config, turning validation errors into one ConfigError that names the fields."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid healing config ({problems})") from None
+
+    def row(self, error_type: ErrorType) -> MatrixRow:
+        return self.matrix[error_type]
+
+
+StoreKind = Literal["sqlite", "postgresql", "supabase", "memory"]

@@ -1,0 +1,85 @@
+"""Errors raised by the healing library.
+
+    HealingError
+    ├── ConfigError            broken config, catalog, store URL or environment variable
+    ├── DecisionError          an escalation decision that cannot be applied
+    ├── CredentialError        a credential is missing or its refresh failed
+    │   └── GrantRevoked       the refresh grant is dead (invalid_grant after re-reading the store)
+    └── IntegrationFailure     an integration call failed; carries status, headers and body
+        └── SchemaMismatch     a response did not fit the operation's response model
+
+Foreign exceptions (httpx, pydantic) are translated once, where they are caught; the Temporal
+boundary (the interceptor) turns all of them into ``ApplicationError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class HealingError(Exception):
+    """Base of every error this library raises."""
+
+
+class ConfigError(HealingError):
+    """Configuration that cannot be used; the message names the setting."""
+
+
+class DecisionError(HealingError):
+    """An escalation decision that is invalid for the open escalation."""
+
+
+class CredentialError(HealingError):
+    """A credential is missing or could not be refreshed."""
+
+    def __init__(self, message: str, *, connector: str | None = None) -> None:
+        super().__init__(message)
+        self.connector = connector
+
+
+class GrantRevoked(CredentialError):
+    """The refresh grant is dead: a human must reauthorize the connector."""
+
+
+class IntegrationFailure(HealingError):
+    """A failed integration call, with what the upstream answered."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        connector: str | None = None,
+        operation: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+        self.body = body
+        self.connector = connector
+        self.operation = operation
+
+
+class SchemaMismatch(IntegrationFailure):
+    """A response that does not fit the expected model.
+
+    ``missing`` and ``unexpected`` are field names; ``mapping`` proposes renames
+    (observed -> expected) inferred from names and values.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: list[str] | None = None,
+        unexpected: list[str] | None = None,
+        mapping: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.missing = missing or []
+        self.unexpected = unexpected or []
+        self.mapping = mapping or {}

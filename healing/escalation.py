@@ -1,0 +1,181 @@
+"""Escalations: explaining a failed call to a human, offering options, checking the answer.
+
+Pure functions: the workflow side passes in ids and times, so they replay deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from healing.errors import DecisionError
+from healing.types import (
+    Classification,
+    DecisionOptionName,
+    ErrorType,
+    Escalation,
+    EscalationDecision,
+    EscalationOption,
+    HealingAttempt,
+)
+
+_WHAT_FAILED: dict[ErrorType, str] = {
+    ErrorType.TIMEOUT: "kept timing out",
+    ErrorType.RATE_LIMITED: "is being rate limited by the service",
+    ErrorType.SERVICE_DOWN: "could not reach a working service (outage)",
+    ErrorType.AUTH_EXPIRED: "was refused because its credentials expired",
+    ErrorType.AUTH_INVALID: "was refused because its credentials are invalid or revoked",
+    ErrorType.SCHEMA_MISMATCH: "got a response that no longer fits the expected schema",
+    ErrorType.NETWORK_ERROR: "kept failing at the network level (resets, cut responses)",
+    ErrorType.PERMISSION_DENIED: "was refused: the credentials lack permission",
+    ErrorType.NOT_FOUND: "asked for something the service says does not exist",
+    ErrorType.INTERNAL_ERROR: "kept failing with a server error",
+    ErrorType.BAD_REQUEST: "was rejected as an invalid request",
+    ErrorType.CIRCUIT_OPEN: "was held back: the connector's circuit breaker is open",
+    ErrorType.QUOTA_EXHAUSTED: "hit the service's request quota",
+    ErrorType.CONFLICT: "kept conflicting with another in-flight request",
+}
+
+_EFFECTS: dict[DecisionOptionName, tuple[str, str]] = {
+    "retry": ("Retry", "run the call again with a fresh healing budget"),
+    "skip": ("Skip", "continue the workflow without this call's result (the step is skipped)"),
+    "abort": ("Abort", "fail the workflow with this explanation"),
+    "reroute": ("Reroute", "send the call to an alternative connector"),
+    "edit_and_retry": ("Edit and retry", "merge `input_patch` into the call's input, then retry"),
+    "reauthorized": ("Reauthorized", "a human renewed the credentials: retry the call"),
+    "wait": ("Wait, then retry", "wait `wait_s` seconds (default: the service's hint), then retry"),
+}
+
+_AUTH = {ErrorType.AUTH_INVALID, ErrorType.AUTH_EXPIRED, ErrorType.PERMISSION_DENIED}
+_WAITABLE = {ErrorType.RATE_LIMITED, ErrorType.QUOTA_EXHAUSTED, ErrorType.SERVICE_DOWN,
+             ErrorType.CIRCUIT_OPEN, ErrorType.TIMEOUT, ErrorType.INTERNAL_ERROR}
+
+
+def options_for(error_type: ErrorType, alternatives: Sequence[str]) -> list[EscalationOption]:
+    """The options that make sense for this error, most useful first."""
+    names: list[DecisionOptionName] = []
+    if error_type in _AUTH:
+        names.append("reauthorized")
+    if error_type in _WAITABLE:
+        names.append("wait")
+    if alternatives:
+        names.append("reroute")
+    names += ["retry", "edit_and_retry", "skip", "abort"]
+    return [EscalationOption(option=n, label=_EFFECTS[n][0], effect=_EFFECTS[n][1]) for n in names]
+
+
+def explain(
+    *,
+    activity: str,
+    connector: str | None,
+    operation: str | None,
+    classification: Classification,
+    attempts: Sequence[HealingAttempt],
+    reason: str,
+) -> str:
+    """A plain-language account: which call, what failed, what was tried, why it stopped."""
+    target = f"`{connector}.{operation}`" if connector and operation else f"`{activity}`"
+    what = _WHAT_FAILED.get(classification.error_type, "failed")
+    status = f" (HTTP {classification.status_code})" if classification.status_code else ""
+    vendor = f", code `{classification.vendor_code}`" if classification.vendor_code else ""
+    lines = [
+        f"The call {target} {what}{status}{vendor}.",
+        f"Error type: {classification.error_type.value}. {reason}",
+    ]
+    if classification.message:
+        lines.append(f"Last message: {classification.message}")
+    if attempts:
+        lines.append("Tried:")
+        for a in attempts[-8:]:
+            when = a.at.strftime("%H:%M:%S")
+            delay = f" after {a.delay_s:.1f}s" if a.delay_s else ""
+            detail = f": {a.detail}" if a.detail else ""
+            lines.append(f"- {when} {a.strategy} -> {a.outcome}{delay}{detail}")
+    return "\n".join(lines)
+
+
+def build_escalation(
+    *,
+    escalation_id: str,
+    workflow_id: str,
+    activity: str,
+    connector: str | None,
+    operation: str | None,
+    classification: Classification,
+    attempts: Sequence[HealingAttempt],
+    reason: str,
+    alternatives: Sequence[str],
+    opened_at: datetime,
+    timeout_s: float,
+    default_option: DecisionOptionName,
+) -> Escalation:
+    options = options_for(classification.error_type, alternatives)
+    offered = {o.option for o in options}
+    return Escalation(
+        escalation_id=escalation_id,
+        workflow_id=workflow_id,
+        activity=activity,
+        connector=connector,
+        operation=operation,
+        error_type=classification.error_type,
+        classification=classification,
+        explanation=explain(
+            activity=activity,
+            connector=connector,
+            operation=operation,
+            classification=classification,
+            attempts=attempts,
+            reason=reason,
+        ),
+        options=options,
+        attempts=list(attempts),
+        opened_at=opened_at,
+        timeout_s=timeout_s,
+        default_option=default_option if default_option in offered else "abort",
+        alternatives=list(alternatives),
+    )
+
+
+def to_markdown(escalations: Sequence[Escalation]) -> str:
+    """Current Details text for the Web UI while the workflow waits for a human."""
+    parts: list[str] = []
+    for esc in escalations:
+        opts = "\n".join(f"- **{o.option}**: {o.effect}" for o in esc.options)
+        parts.append(
+            f"## Needs a decision: {esc.error_type.value}\n\n"
+            f"{esc.explanation}\n\n### Options\n{opts}\n\n"
+            f"Escalation `{esc.escalation_id}`; without a decision in {esc.timeout_s:.0f}s, "
+            f"**{esc.default_option}** applies.\n\n"
+            f"Decide: `healing decide {esc.workflow_id} <option>` or signal "
+            f'`escalation_decision` with `{{"option": "retry"}}`.'
+        )
+    return "\n\n---\n\n".join(parts)
+
+
+def check_decision(decision: EscalationDecision, open_escalations: Sequence[Escalation]) -> Escalation:
+    """The escalation a decision answers; DecisionError names what is wrong with it."""
+    if not open_escalations:
+        raise DecisionError("no escalation is open on this workflow")
+    if decision.escalation_id is None:
+        if len(open_escalations) > 1:
+            ids = ", ".join(e.escalation_id for e in open_escalations)
+            raise DecisionError(f"several escalations are open ({ids}); give escalation_id")
+        esc = open_escalations[0]
+    else:
+        found = [e for e in open_escalations if e.escalation_id == decision.escalation_id]
+        if not found:
+            raise DecisionError(f"no open escalation has id {decision.escalation_id!r}")
+        esc = found[0]
+    offered = [o.option for o in esc.options]
+    if decision.option not in offered:
+        raise DecisionError(
+            f"option {decision.option!r} is not offered for {esc.error_type.value}; "
+            f"choose one of {', '.join(offered)}"
+        )
+    if decision.option == "edit_and_retry" and not decision.input_patch:
+        raise DecisionError("edit_and_retry needs a non-empty input_patch")
+    if decision.option == "reroute" and decision.alternative not in (None, *esc.alternatives):
+        raise DecisionError(
+            f"alternative {decision.alternative!r} is not one of {', '.join(esc.alternatives)}"
+        )
+    return esc

@@ -1,0 +1,106 @@
+"""Marking activities as integration calls, and what healing tells them while they run.
+
+``@healing.integration(connector=..., operation=...)`` (stacked with ``@activity.defn``) marks an
+activity whose failures the interceptor classifies and heals. While a marked activity runs,
+``current_call()`` returns the healing context of this attempt: the connector to use (a reroute
+may have changed it), a schema mapping to apply, and the failures seen on earlier attempts.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SPEC_ATTR = "__healing_integration__"
+HINTS_HEADER = "healing-hints"
+
+
+@dataclass(frozen=True)
+class IntegrationSpec:
+    connector: str | None = None
+    operation: str | None = None
+    response_model: type[BaseModel] | None = None
+
+
+class CallHints(BaseModel):
+    """What the workflow side asks of the next attempt; travels in an activity header."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    connector: str | None = None
+    """Reroute target replacing the call's own connector."""
+    schema_mapping: dict[str, str] = Field(default_factory=dict)
+    """Renames (observed -> expected) to apply to the response before validating it."""
+    round: int = 0
+    """How many times the workflow side has restarted this call."""
+    budget_s: float | None = None
+    """Healing time left for this call, when the workflow side has spent some already."""
+
+
+@dataclass
+class CallContext:
+    """The healing context of one running attempt of an integration activity."""
+
+    connector: str | None
+    operation: str | None
+    hints: CallHints
+    attempt: int
+    counts_by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def healing_attempts(self) -> int:
+        return sum(self.counts_by_type.values())
+
+
+_CURRENT: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "healing_call", default=None
+)
+
+
+def integration(
+    *,
+    connector: str | None = None,
+    operation: str | None = None,
+    response_model: type[BaseModel] | None = None,
+) -> Callable[[F], F]:
+    """Mark an activity as an integration call that heals.
+
+    Args:
+        connector: Connector name (catalog key). When None, the interceptor takes it from the
+            first argument's ``connector`` attribute or key.
+        operation: Operation name, for classification rules and learning.
+        response_model: A pydantic model the result must fit; a misfit is SCHEMA_MISMATCH.
+    """
+
+    def mark(fn: F) -> F:
+        setattr(fn, _SPEC_ATTR, IntegrationSpec(connector, operation, response_model))
+        return fn
+
+    return mark
+
+
+def integration_spec(fn: Callable[..., Any]) -> IntegrationSpec | None:
+    spec = getattr(fn, _SPEC_ATTR, None)
+    if spec is None:
+        # Bound methods of activity classes carry the mark on the function.
+        spec = getattr(getattr(fn, "__func__", None), _SPEC_ATTR, None)
+    return spec if isinstance(spec, IntegrationSpec) else None
+
+
+def current_call() -> CallContext | None:
+    """The healing context of the running integration attempt, or None outside one."""
+    return _CURRENT.get()
+
+
+def _set_current(ctx: CallContext | None) -> contextvars.Token[CallContext | None]:
+    return _CURRENT.set(ctx)
+
+
+def _reset_current(token: contextvars.Token[CallContext | None]) -> None:
+    _CURRENT.reset(token)

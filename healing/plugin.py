@@ -1,0 +1,113 @@
+"""HealingPlugin: registers the interceptor, the healing activities, the pydantic data
+converter and the sandbox passthrough on a client or worker in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import temporalio.client
+import temporalio.converter
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.plugin import SimplePlugin
+from temporalio.worker import Worker, WorkerConfig, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+from healing.activities import Refresher, healing_activities
+from healing.config import HealingConfig
+from healing.interceptor import SelfHealingInterceptor
+
+logger = logging.getLogger("healing")
+
+SEARCH_ATTRIBUTES = {"HealingStatus": "Keyword", "HealingErrorType": "Keyword"}
+
+
+def _passthrough(runner: WorkflowRunner | None) -> WorkflowRunner:
+    # Interceptor and workflow code must see the same healing classes.
+    if runner is None:
+        runner = SandboxedWorkflowRunner()
+    if isinstance(runner, SandboxedWorkflowRunner):
+        return dataclasses.replace(
+            runner, restrictions=runner.restrictions.with_passthrough_modules("healing", "pydantic")
+        )
+    return runner
+
+
+def _pydantic(existing: temporalio.converter.DataConverter | None) -> temporalio.converter.DataConverter:
+    # Keep a user's own converter (codec, failure converter); replace only the default.
+    if existing is None or existing is temporalio.converter.DataConverter.default:
+        return pydantic_data_converter
+    return existing
+
+
+class HealingPlugin(SimplePlugin):
+    """Everything the healing layer needs on a client or worker.
+
+    Example:
+        ``Worker(client, task_queue="integrations", workflows=[...], activities=[...],
+        plugins=[HealingPlugin(HealingConfig())])``
+
+    Args:
+        config: Healing knobs; defaults follow the spec.
+        alternatives: Reroute targets per connector (``catalog.alternatives()``).
+        tokens: Credential refresher used by the refresh activity.
+    """
+
+    def __init__(
+        self,
+        config: HealingConfig | None = None,
+        *,
+        alternatives: dict[str, list[str]] | None = None,
+        tokens: Refresher | None = None,
+    ) -> None:
+        self.config = config or HealingConfig()
+        self.interceptor = SelfHealingInterceptor(self.config, alternatives=alternatives)
+        super().__init__(
+            "healing.HealingPlugin",
+            data_converter=_pydantic,
+            interceptors=[self.interceptor],
+            activities=list(healing_activities(self.config, tokens=tokens)),
+            workflow_runner=_passthrough,
+        )
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        config = super().configure_worker(config)
+        client = config.get("client")
+        if client is not None:
+            current = client.config().get("data_converter")
+            wanted = _pydantic(current)
+            if wanted is not current:
+                # The worker uses its client's converter; give it one that speaks pydantic.
+                settings: Any = {**client.config(), "data_converter": wanted}
+                config["client"] = temporalio.client.Client(**settings)
+        return config
+
+    async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
+        if self.config.search_attributes:
+            await self._check_search_attributes(worker.client)
+        await super().run_worker(worker, next)
+
+    async def _check_search_attributes(self, client: temporalio.client.Client) -> None:
+        try:
+            resp = await client.operator_service.list_search_attributes(
+                ListSearchAttributesRequest(namespace=client.namespace)
+            )
+            known = set(resp.custom_attributes)
+        except Exception as exc:  # no operator access must not stop the worker
+            logger.warning("cannot list search attributes (%s); HealingStatus upserts disabled", exc)
+            self.interceptor.search_attributes_enabled = False
+            return
+        missing = sorted(set(SEARCH_ATTRIBUTES) - known)
+        if missing:
+            logger.warning(
+                "search attributes %s are not registered in namespace %s; upserts disabled "
+                "(run `healing setup` to register them)",
+                ", ".join(missing),
+                client.namespace,
+            )
+            self.interceptor.search_attributes_enabled = False
+        else:
+            self.interceptor.search_attributes_enabled = True
