@@ -1,0 +1,308 @@
+"""The generic integration activity: one HTTP call, described by the connector catalog.
+
+``IntegrationActivities(catalog, tokens=...)`` holds one ``httpx.AsyncClient`` per connector
+(reused across calls, closed by ``aclose()``) and exposes the ``call_integration`` activity.
+Upstream failures are raised with what the upstream said (``IntegrationFailure``: status,
+response headers, body) or as the transport's own exception (``httpx.ConnectError``,
+``json.JSONDecodeError`` for a broken body, ...); the healing interceptor classifies and heals
+them. Request headers, and so credentials, never go into an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, Protocol
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from healing.catalog import ConnectorCatalog, ConnectorSpec, OperationSpec, resolve_model
+from healing.errors import ConfigError, CredentialError, IntegrationFailure
+from healing.integration import current_call, integration
+from healing.ratelimit import RateLimiter, parse_rate_limit_headers
+from healing.schema import validate_response
+
+CALL_INTEGRATION = "call_integration"
+"""Activity type name of the generic integration call."""
+MAX_ERROR_TEXT = 4096
+"""A non-JSON error body is cut to this many characters."""
+MAX_PACING_WAIT_S = 2.0
+"""Longer client-side rate-limit waits are handed to the server as a 429 with Retry-After."""
+
+_QUERY_METHODS = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})
+_SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "api-key", "apikey")
+
+
+class TokenSource(Protocol):
+    """Gives the current access token of a connector (``healing.credentials.TokenRefresher``)."""
+
+    async def access_token(self, connector: str) -> str: ...
+
+
+class CallRequest(BaseModel):
+    """One call of a catalog operation; this is what workflow history records, so no secrets.
+
+    ``params`` fill the path's ``{placeholders}``; the rest go to the query string (GET, DELETE,
+    HEAD, OPTIONS, or when ``body`` is given) or become the JSON body's fields.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str
+    operation: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    body: Any = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra, non-secret request headers (credentials come from the connector's auth)."""
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if any(word in name.lower() for word in _SECRET_HEADER_WORDS):
+                raise ValueError(
+                    f"header {name!r} would put a secret into workflow history; "
+                    "configure the connector's [auth] instead"
+                )
+        return value
+
+
+def idempotency_key(info: activity.Info) -> str:
+    """Same for every attempt of one activity (the attempt number is deliberately left out)."""
+    scope = info.workflow_id or info.activity_run_id or ""
+    return hashlib.sha256(f"{scope}:{info.activity_id}".encode()).hexdigest()
+
+
+class IntegrationActivities:
+    """The generic integration activity and the HTTP clients it reuses.
+
+    Args:
+        catalog: The connector catalog.
+        tokens: Source of OAuth2 access tokens, needed by connectors with ``kind = "oauth2"``.
+        transport: httpx transport for every client (tests, proxies); default is httpx's.
+        environ: Where ``api_key_env`` variables are read; ``os.environ`` by default.
+        clock: Monotonic seconds for client-side pacing.
+    """
+
+    def __init__(
+        self,
+        catalog: ConnectorCatalog,
+        *,
+        tokens: TokenSource | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.catalog = catalog
+        self._tokens = tokens
+        self._transport = transport
+        self._environ = os.environ if environ is None else environ
+        self._clock = clock
+        self._clients: dict[tuple[str, str, float], httpx.AsyncClient] = {}
+        self._limiters: dict[str, RateLimiter] = {}
+
+    def client(self, connector: str) -> httpx.AsyncClient:
+        """The connector's client, created on first use and reused afterwards."""
+        spec = self.catalog.connector(connector)
+        key = (connector, spec.base_url, spec.timeout_s)
+        client = self._clients.get(key)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                base_url=spec.base_url,
+                timeout=spec.timeout_s,
+                headers=spec.headers,
+                transport=self._transport,
+            )
+            self._clients[key] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close every client (call when the worker shuts down)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    async def __aenter__(self) -> IntegrationActivities:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @activity.defn(name=CALL_INTEGRATION)
+    @integration()
+    async def call_integration(self, req: CallRequest) -> dict[str, Any]:
+        """Call ``req.operation`` on ``req.connector`` (or on the reroute target healing chose).
+
+        Returns:
+            ``{"result": body, "status": code, "connector": used, "healing": {...}}``.
+        """
+        ctx = current_call()
+        connector = (ctx.hints.connector if ctx else None) or req.connector
+        try:
+            spec = self.catalog.connector(connector)
+            op = self.catalog.operation(connector, req.operation)
+            model = resolve_model(op.response_model) if op.response_model else None
+        except ConfigError as exc:
+            _refuse(str(exc), "CONFIG_ERROR", exc)
+        path, query, body = _request_parts(op, req)
+        await self._pace(connector, spec, req.operation)
+        headers = {**req.headers, **await self._auth_headers(connector, spec)}
+        if not op.is_idempotent:
+            headers["Idempotency-Key"] = idempotency_key(activity.info())
+        response = await self.client(connector).request(
+            op.method,
+            path,
+            params=query,
+            json=body,
+            headers=headers,
+            timeout=op.timeout_s if op.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+        self._observe(connector, response)
+        payload = _payload(response, connector, req.operation)
+        if model is not None:
+            mapping = ctx.hints.schema_mapping if ctx else {}
+            payload = validate_response(model, payload, mapping).model_dump(mode="json")
+        return {
+            "result": payload,
+            "status": response.status_code,
+            "connector": connector,
+            "healing": {
+                "attempt": activity.info().attempt,
+                "counts_by_type": dict(ctx.counts_by_type) if ctx else {},
+            },
+        }
+
+    async def _auth_headers(self, connector: str, spec: ConnectorSpec) -> dict[str, str]:
+        auth = spec.auth
+        if auth.kind == "oauth2":
+            if self._tokens is None:
+                _refuse(
+                    f"connector '{connector}' uses oauth2 but IntegrationActivities was "
+                    "built without tokens=",
+                    "CONFIG_ERROR",
+                )
+            return {auth.header: f"Bearer {await self._tokens.access_token(connector)}"}
+        if auth.kind == "api_key":
+            key = self._environ.get(auth.api_key_env or "")
+            if not key:
+                raise CredentialError(
+                    f"environment variable {auth.api_key_env} (API key of connector "
+                    f"'{connector}') is not set",
+                    connector=connector,
+                )
+            return {auth.header: f"{auth.scheme} {key}" if auth.scheme else key}
+        return {}
+
+    async def _pace(self, connector: str, spec: ConnectorSpec, operation: str) -> None:
+        """Wait for a client-side rate-limit slot; long waits go back to the server."""
+        limiter = self._limiters.get(connector)
+        if limiter is None and spec.rate_limit is not None:
+            limit = spec.rate_limit
+            limiter = RateLimiter(limit.requests, limit.per_s, now=self._clock())
+            self._limiters[connector] = limiter
+        if limiter is None:
+            return
+        wait = limiter.reserve(self._clock(), max_wait_s=MAX_PACING_WAIT_S)
+        if wait > MAX_PACING_WAIT_S:
+            raise IntegrationFailure(
+                f"{connector}.{operation}: client-side rate limit, next slot in {wait:.1f}s",
+                status_code=429,
+                headers={"retry-after": str(math.ceil(wait))},
+                connector=connector,
+                operation=operation,
+            )
+        while wait > 0:
+            # Keep the interceptor's ledger in the heartbeat details: it survives retries.
+            activity.heartbeat(*activity.info().heartbeat_details)
+            step = min(wait, 0.5)
+            await asyncio.sleep(step)
+            wait -= step
+
+    def _observe(self, connector: str, response: httpx.Response) -> None:
+        """Refine pacing from the vendor's rate-limit headers."""
+        info = parse_rate_limit_headers(response.headers, now_epoch=time.time())
+        if info is None:
+            return
+        limiter = self._limiters.get(connector)
+        if limiter is None:
+            created = RateLimiter.from_info(info, now=self._clock())
+            if created is not None:
+                self._limiters[connector] = created
+        else:
+            limiter.observe(info, self._clock())
+
+
+def _refuse(message: str, kind: str, cause: BaseException | None = None) -> NoReturn:
+    """A call that cannot be made as asked: fail it for good, healing cannot fix it."""
+    raise ApplicationError(message, type=kind, non_retryable=True) from cause
+
+
+def _request_parts(op: OperationSpec, req: CallRequest) -> tuple[str, dict[str, Any], Any]:
+    """Path with placeholders filled, query parameters, JSON body."""
+    names = op.placeholders
+    missing = [name for name in names if req.params.get(name) is None]
+    if missing:
+        _refuse(
+            f"{req.connector}.{req.operation} needs params {', '.join(missing)} for path {op.path}",
+            "BAD_REQUEST",
+        )
+    path = op.path.format_map({name: quote(str(req.params[name]), safe="") for name in names})
+    rest = {key: value for key, value in req.params.items() if key not in names}
+    if req.body is not None:
+        return path, rest, req.body
+    if op.method in _QUERY_METHODS:
+        return path, rest, None
+    return path, {}, rest or None
+
+
+def _payload(response: httpx.Response, connector: str, operation: str) -> Any:
+    """The parsed body of a 2xx answer; anything else raises what the upstream said."""
+    status = response.status_code
+    if not 200 <= status < 300:
+        raise IntegrationFailure(
+            f"{connector}.{operation} answered {status}",
+            status_code=status,
+            headers=dict(response.headers),
+            body=_error_body(response),
+            connector=connector,
+            operation=operation,
+        )
+    if not response.content:
+        return None
+    if "json" not in response.headers.get("content-type", "json"):
+        return response.text
+    try:
+        payload = json.loads(response.content)
+    except json.JSONDecodeError as exc:
+        raise json.JSONDecodeError(
+            f"{connector}.{operation}: invalid or truncated JSON in a {status} answer: {exc.msg}",
+            exc.doc,
+            exc.pos,
+        ) from exc
+    if isinstance(payload, dict) and payload.get("ok") is False:
+        # Slack and friends: the error rides in a 200.
+        raise IntegrationFailure(
+            f"{connector}.{operation} answered {status} with ok=false: {payload.get('error')}",
+            status_code=status,
+            headers=dict(response.headers),
+            body=payload,
+            connector=connector,
+            operation=operation,
+        )
+    return payload
+
+
+def _error_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:MAX_ERROR_TEXT]

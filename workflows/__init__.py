@@ -1,0 +1,5 @@
+"""Integration workflows."""
+
+from workflows.integration import IntegrationInput, IntegrationWorkflow, Step
+
+__all__ = ["IntegrationInput", "IntegrationWorkflow", "Step"]
