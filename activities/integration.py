@@ -76,10 +76,12 @@ class CallRequest(BaseModel):
         return value
 
 
-def idempotency_key(info: activity.Info) -> str:
-    """Same for every attempt of one activity (the attempt number is deliberately left out)."""
+def idempotency_key(info: activity.Info, edits: int = 0) -> str:
+    """Same for every attempt of one activity (the attempt number is deliberately left out);
+    a human's edit of the input starts a new key, since the request is a different one."""
     scope = info.workflow_id or info.activity_run_id or ""
-    return hashlib.sha256(f"{scope}:{info.activity_id}".encode()).hexdigest()
+    suffix = f":edit{edits}" if edits else ""
+    return hashlib.sha256(f"{scope}:{info.activity_id}{suffix}".encode()).hexdigest()
 
 
 class IntegrationActivities:
@@ -157,7 +159,7 @@ class IntegrationActivities:
         await self._pace(connector, spec, req.operation)
         headers = {**req.headers, **await self._auth_headers(connector, spec)}
         if not op.is_idempotent:
-            headers["Idempotency-Key"] = idempotency_key(activity.info())
+            headers["Idempotency-Key"] = idempotency_key(activity.info(), ctx.hints.edits if ctx else 0)
         response = await self.client(connector).request(
             op.method,
             path,

@@ -473,4 +473,5 @@ class _Outbound(WorkflowOutboundInterceptor):
             changes["connector"] = target
         elif decision.option == "edit_and_retry":
             current = dataclasses.replace(current, args=_patch_args(current.args, decision.input_patch or {}))
+            changes["edits"] = hints.edits + 1
         return _with_hints(current, **changes)

@@ -39,6 +39,8 @@ class CallHints(BaseModel):
     """Renames (observed -> expected) to apply to the response before validating it."""
     round: int = 0
     """How many times the workflow side has restarted this call."""
+    edits: int = 0
+    """How many times a human edited the input; a changed request needs a new idempotency key."""
     budget_s: float | None = None
     """Healing time left for this call, when the workflow side has spent some already."""
 

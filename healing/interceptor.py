@@ -31,7 +31,7 @@ from temporalio.worker import (
 
 from healing.backoff import backoff_delay
 from healing.breaker import BreakerBoard
-from healing.classify import Failure, classify_error, detect_error
+from healing.classify import Failure, classify_error, detect_error, load_rules
 from healing.config import HealingConfig
 from healing.integration import (
     HINTS_HEADER,
@@ -78,6 +78,10 @@ class SelfHealingInterceptor(Interceptor):
         self.clock = clock
         self.breakers = BreakerBoard(self.config.breaker)
         self.search_attributes_enabled = self.config.search_attributes
+        self.rules = load_rules(self.config)  # validated once: a bad rule fails at start-up
+
+    def classify(self, failure: Failure) -> Classification:
+        return classify_error(failure, config=self.config, now=datetime.now(UTC), rules=self.rules)
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _ActivityInbound(next, self)
@@ -148,10 +152,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
                 connector=connector,
                 operation=operation,
             )
-            cls = classify_error(failure, config=self.root.config, now=datetime.now(UTC))
-            cls = cls.model_copy(
-                update={"error_type": ErrorType.CIRCUIT_OPEN, "retry_after_s": wait}
-            )
+            cls = self.root.classify(failure).model_copy(update={"retry_after_s": wait})
             raise self._verdict(cls, counts, connector, operation, started, hints)
 
         ctx = CallContext(connector, operation, hints, info.attempt, counts)
@@ -174,7 +175,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
         finally:
             _reset_current(token)
 
-        cls = classify_error(failure, config=self.root.config, now=datetime.now(UTC))
+        cls = self.root.classify(failure)
         if cls.error_type in _BREAKER_TYPES:
             breaker.record_failure(self.root.clock())
         raise self._verdict(cls, counts, connector, operation, started, hints)

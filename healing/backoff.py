@@ -1,0 +1,189 @@
+"""Backoff delays and server-stated waits (Retry-After, rate-limit reset headers).
+
+Pure functions: the random generator and the current time are passed in, so schedules are
+asserted as plain lists in tests and replay deterministically inside workflows
+(``workflow.random()``, ``workflow.now()``).
+
+Decisions:
+
+* ``backoff_delay`` jitters around the exponential base and then clamps into
+  ``[0, policy.max_s]``: the cap is a hard cap, so once the base reaches it the jitter can only
+  shorten the wait. One ``rng.uniform`` draw is consumed per call, clamped or not, so a
+  schedule depends on the seed only.
+* Server-stated waits never raise and never return NaN or infinity: garbage is ``None``,
+  negative or past is ``0.0``, and anything larger than ``cap_s`` (or, without a cap,
+  ``MAX_WAIT_S``) is cut down to it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+from healing.config import BackoffPolicy
+
+__all__ = [
+    "MAX_WAIT_S",
+    "backoff_delay",
+    "backoff_schedule",
+    "parse_retry_after",
+    "reset_delay",
+]
+
+MAX_WAIT_S = 366 * 24 * 3600.0
+"""Ceiling of any server-stated wait when the caller gives no ``cap_s`` (one year)."""
+
+_DELTA = re.compile(r"[+-]?\d+(?:\.\d+)?")
+_EPOCH_THRESHOLD = 1e9  # below: delta seconds; above: a Unix timestamp (2001-09-09 onwards)
+_EPOCH_MS_THRESHOLD = 1e11  # above: a Unix timestamp in milliseconds
+_RESET_PREFIXES = ("x-ratelimit-", "ratelimit-", "x-rate-limit-")
+
+
+def backoff_delay(retry: int, policy: BackoffPolicy, rng: random.Random) -> float:
+    """The delay before retry number ``retry`` (1-based: 1 is the first retry).
+
+    ``base = min(max_s, initial_s * multiplier ** (retry - 1))``, then
+    ``base * (1 + uniform(-jitter, +jitter))`` clamped into ``[0, max_s]``.
+
+    Args:
+        retry: Which retry this is; values below 1 are treated as 1.
+        policy: Initial delay, multiplier, cap and jitter.
+        rng: Source of the jitter (``random.Random(seed)`` in tests, ``workflow.random()``
+            in workflows).
+
+    Returns:
+        Seconds to wait, never above ``policy.max_s``.
+    """
+    exponent = max(retry, 1) - 1
+    try:
+        raw = policy.initial_s * policy.multiplier**exponent
+    except OverflowError:  # float power overflows long before retry counts get absurd
+        raw = math.inf
+    base = min(policy.max_s, raw)
+    jittered = base * (1.0 + rng.uniform(-policy.jitter, policy.jitter))
+    return min(policy.max_s, max(0.0, jittered))
+
+
+def backoff_schedule(policy: BackoffPolicy, rng: random.Random) -> list[float]:
+    """The delays of all ``policy.max_retries`` retries, in order.
+
+    Args:
+        policy: The backoff policy.
+        rng: Source of the jitter; ``policy.max_retries`` values are drawn from it.
+
+    Returns:
+        One delay per retry, e.g. about ``[1.0, 2.0, 4.0]`` for the defaults.
+    """
+    return [backoff_delay(retry, policy, rng) for retry in range(1, policy.max_retries + 1)]
+
+
+def parse_retry_after(
+    value: str | None, *, now: datetime, cap_s: float | None = None
+) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value (RFC 9110, section 10.2.3).
+
+    Accepts delta-seconds (``"30"``, and tolerates ``"1.5"``) and HTTP-dates, which are read
+    relative to ``now``.
+
+    Args:
+        value: The header value, or None when the header is absent.
+        now: The current time (timezone-aware; a naive value is taken as UTC).
+        cap_s: Longest wait to return; longer waits are cut down to it.
+
+    Returns:
+        The wait in seconds, ``0.0`` for negative values and past dates, or None when the
+        value is missing or unreadable. Never raises.
+    """
+    try:
+        if not isinstance(value, str):
+            return None
+        text = value.strip()
+        if not text:
+            return None
+        if _DELTA.fullmatch(text):
+            return _bounded(float(text), cap_s)
+        when = parsedate_to_datetime(text)
+        return _bounded((_aware(when) - _aware(now)).total_seconds(), cap_s)
+    except Exception:  # garbage, out-of-range dates, overflow: all mean "no usable wait"
+        return None
+
+
+def reset_delay(
+    headers: Mapping[str, str], *, now: datetime, cap_s: float | None = None
+) -> float | None:
+    """The wait implied by rate-limit headers, for responses that carry no Retry-After.
+
+    Understands, in this order:
+
+    * HubSpot: ``x-hubspot-ratelimit-remaining: 0`` waits one
+      ``x-hubspot-ratelimit-interval-milliseconds``; ``x-hubspot-ratelimit-secondly-remaining:
+      0`` waits one second.
+    * ``x-ratelimit-reset`` (GitHub, many others), ``ratelimit-reset`` (IETF draft) and
+      ``x-rate-limit-reset``, used when the matching ``...-remaining`` header is absent or 0:
+      values below 1e9 are delta seconds, larger ones Unix timestamps (in ms above 1e11).
+    * The IETF structured ``ratelimit: ...;r=0;t=30`` / ``remaining=0, reset=30`` form.
+
+    Args:
+        headers: Response headers; keys are matched case-insensitively.
+        now: The current time (timezone-aware; a naive value is taken as UTC).
+        cap_s: Longest wait to return.
+
+    Returns:
+        The wait in seconds, or None when the headers imply none. Never raises.
+    """
+    try:
+        lower = {str(k).lower(): str(v).strip() for k, v in headers.items()}
+        if _number(lower.get("x-hubspot-ratelimit-remaining")) == 0:
+            interval_ms = _number(lower.get("x-hubspot-ratelimit-interval-milliseconds"))
+            if interval_ms is not None and interval_ms >= 0:
+                return _bounded(interval_ms / 1000.0, cap_s)
+        if _number(lower.get("x-hubspot-ratelimit-secondly-remaining")) == 0:
+            return _bounded(1.0, cap_s)
+        for prefix in _RESET_PREFIXES:
+            reset = _number(lower.get(prefix + "reset"))
+            remaining = _number(lower.get(prefix + "remaining"))
+            if reset is not None and remaining in (None, 0):
+                return _bounded(_reset_seconds(reset, now), cap_s)
+        return _structured_reset(lower.get("ratelimit"), now, cap_s)
+    except Exception:  # headers of any shape must not break classification
+        return None
+
+
+def _structured_reset(value: str | None, now: datetime, cap_s: float | None) -> float | None:
+    if not value:
+        return None
+    params = dict(re.findall(r"\b(r|t|remaining|reset)\s*=\s*(-?\d+(?:\.\d+)?)", value.lower()))
+    remaining = _number(params.get("r", params.get("remaining")))
+    reset = _number(params.get("t", params.get("reset")))
+    if reset is None or remaining not in (None, 0):
+        return None
+    return _bounded(_reset_seconds(reset, now), cap_s)
+
+
+def _reset_seconds(reset: float, now: datetime) -> float:
+    if reset < _EPOCH_THRESHOLD:
+        return reset
+    epoch = reset / 1000.0 if reset > _EPOCH_MS_THRESHOLD else reset
+    return epoch - _aware(now).timestamp()
+
+
+def _number(value: str | None) -> float | None:
+    if value is None or not _DELTA.fullmatch(value.strip()):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _bounded(seconds: float, cap_s: float | None) -> float | None:
+    if math.isnan(seconds):
+        return None
+    ceiling = MAX_WAIT_S if cap_s is None or math.isnan(cap_s) else max(0.0, cap_s)
+    return min(max(0.0, seconds), ceiling)
