@@ -20,7 +20,9 @@ logger = logging.getLogger("healing")
 
 
 class Refresher(Protocol):
-    async def refresh(self, connector: str, *, seen_version: int | None = None, reason: str = "") -> Any: ...
+    async def refresh(
+        self, connector: str, *, seen_version: int | None = None, reason: str = ""
+    ) -> Any: ...
 
 
 class HealingActivities:
@@ -55,7 +57,9 @@ class HealingActivities:
         if not isinstance(mapping, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
         ):
-            raise ApplicationError("schema mapping must map field names to field names", non_retryable=True)
+            raise ApplicationError(
+                "schema mapping must map field names to field names", non_retryable=True
+            )
         key = (str(request.get("connector")), str(request.get("operation")))
         self.schema_mappings[key] = {**self.schema_mappings.get(key, {}), **mapping}
         logger.info("schema of %s.%s adapted: %s", key[0], key[1], mapping)

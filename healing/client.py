@@ -50,7 +50,9 @@ async def healing_status(client: Client, workflow_id: str) -> StatusReport:
     for act in desc.raw_description.pending_activities:
         failure = act.last_failure.message if act.HasField("last_failure") else None
         next_in: float | None = None
-        if act.HasField("next_attempt_schedule_time") and act.HasField("last_attempt_complete_time"):
+        if act.HasField("next_attempt_schedule_time") and act.HasField(
+            "last_attempt_complete_time"
+        ):
             nxt = act.next_attempt_schedule_time.ToDatetime()
             last = act.last_attempt_complete_time.ToDatetime()
             next_in = max((nxt - last).total_seconds(), 0.0)

@@ -47,8 +47,14 @@ _EFFECTS: dict[DecisionOptionName, tuple[str, str]] = {
 }
 
 _AUTH = {ErrorType.AUTH_INVALID, ErrorType.AUTH_EXPIRED, ErrorType.PERMISSION_DENIED}
-_WAITABLE = {ErrorType.RATE_LIMITED, ErrorType.QUOTA_EXHAUSTED, ErrorType.SERVICE_DOWN,
-             ErrorType.CIRCUIT_OPEN, ErrorType.TIMEOUT, ErrorType.INTERNAL_ERROR}
+_WAITABLE = {
+    ErrorType.RATE_LIMITED,
+    ErrorType.QUOTA_EXHAUSTED,
+    ErrorType.SERVICE_DOWN,
+    ErrorType.CIRCUIT_OPEN,
+    ErrorType.TIMEOUT,
+    ErrorType.INTERNAL_ERROR,
+}
 
 
 def options_for(error_type: ErrorType, alternatives: Sequence[str]) -> list[EscalationOption]:
@@ -152,7 +158,9 @@ def to_markdown(escalations: Sequence[Escalation]) -> str:
     return "\n\n---\n\n".join(parts)
 
 
-def check_decision(decision: EscalationDecision, open_escalations: Sequence[Escalation]) -> Escalation:
+def check_decision(
+    decision: EscalationDecision, open_escalations: Sequence[Escalation]
+) -> Escalation:
     """The escalation a decision answers; DecisionError names what is wrong with it."""
     if not open_escalations:
         raise DecisionError("no escalation is open on this workflow")

@@ -297,7 +297,9 @@ class _Outbound(WorkflowOutboundInterceptor):
                 escalated=bool(call.decisions),
             )
         if call.errors:
-            self._note(call, None, "decision" if call.decisions else HealingStrategy.RETRY, "healed")
+            self._note(
+                call, None, "decision" if call.decisions else HealingStrategy.RETRY, "healed"
+            )
             self.state.set("healed")
         return result
 
@@ -361,7 +363,11 @@ class _Outbound(WorkflowOutboundInterceptor):
                     "reason": f"refreshing the credentials failed: {problem}",
                 }
             )
-        elif etype is ErrorType.SCHEMA_MISMATCH and cls.schema_mapping and call.adapts < row.max_attempts:
+        elif (
+            etype is ErrorType.SCHEMA_MISMATCH
+            and cls.schema_mapping
+            and call.adapts < row.max_attempts
+        ):
             call.adapts += 1
             mapping = {**hints.schema_mapping, **cls.schema_mapping}
             problem = await self._run_healing_activity(
@@ -373,34 +379,56 @@ class _Outbound(WorkflowOutboundInterceptor):
                 detail = ", ".join(f"{k}->{v}" for k, v in sorted(mapping.items()))
                 self._note(call, etype, HealingStrategy.SCHEMA_ADAPT, "healed", detail)
                 return _with_hints(
-                    current, schema_mapping=mapping, round=hints.round + 1, budget_s=self._budget(call)
+                    current,
+                    schema_mapping=mapping,
+                    round=hints.round + 1,
+                    budget_s=self._budget(call),
                 )
         elif etype in _REROUTABLE and connector:
             untried = self._untried(call, connector)
             if untried:
                 call.rerouted.append(untried[0])
-                self._note(call, etype, HealingStrategy.RETRY_THEN_REROUTE, "failed", f"reroute to {untried[0]}")
+                self._note(
+                    call,
+                    etype,
+                    HealingStrategy.RETRY_THEN_REROUTE,
+                    "failed",
+                    f"reroute to {untried[0]}",
+                )
                 return _with_hints(
-                    current, connector=untried[0], round=hints.round + 1, budget_s=self._budget(call)
+                    current,
+                    connector=untried[0],
+                    round=hints.round + 1,
+                    budget_s=self._budget(call),
                 )
         return await self._escalate(current, call, report)
 
     def _untried(self, call: _Call, connector: str) -> list[str]:
         base = call.connector or connector
-        return [a for a in self.root.alternatives.get(base, []) if a not in call.rerouted and a != connector]
+        return [
+            a
+            for a in self.root.alternatives.get(base, [])
+            if a not in call.rerouted and a != connector
+        ]
 
     def _budget(self, call: _Call) -> float:
         spent = (workflow.now() - call.started).total_seconds()
         return max(self.root.config.healing_budget_s - spent, 0.0)
 
-    async def _run_healing_activity(self, name: str, arg: dict[str, Any], summary: str) -> str | None:
+    async def _run_healing_activity(
+        self, name: str, arg: dict[str, Any], summary: str
+    ) -> str | None:
         """Run a healing activity; None when it worked, else what went wrong (for the human)."""
         try:
             await workflow.execute_activity(
                 name,
                 arg,
-                start_to_close_timeout=timedelta(seconds=self.root.config.healing_activity_timeout_s),
-                retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["GrantRevoked"]),
+                start_to_close_timeout=timedelta(
+                    seconds=self.root.config.healing_activity_timeout_s
+                ),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=3, non_retryable_error_types=["GrantRevoked"]
+                ),
                 summary=summary,
             )
         except ActivityError as err:
@@ -438,7 +466,9 @@ class _Outbound(WorkflowOutboundInterceptor):
         except TimeoutError:
             self.state.open.pop(esc.escalation_id, None)
             decision = EscalationDecision(
-                option=esc.default_option, escalation_id=esc.escalation_id, decided_by="timeout",
+                option=esc.default_option,
+                escalation_id=esc.escalation_id,
+                decided_by="timeout",
                 note=f"no decision within {esc.timeout_s:.0f}s",
             )
         except asyncio.CancelledError:
@@ -450,7 +480,13 @@ class _Outbound(WorkflowOutboundInterceptor):
         self, current: Any, call: _Call, esc: Escalation, decision: EscalationDecision
     ) -> Any:
         call.decisions.append(decision.option)
-        self._note(call, esc.error_type, "decision", "decided", f"{decision.option} by {decision.decided_by}")
+        self._note(
+            call,
+            esc.error_type,
+            "decision",
+            "decided",
+            f"{decision.option} by {decision.decided_by}",
+        )
         if decision.option == "abort":
             self.state.set("failed", esc.error_type.value)
             raise ApplicationError(esc.explanation, type=ABORTED_TYPE, non_retryable=True)
@@ -466,12 +502,16 @@ class _Outbound(WorkflowOutboundInterceptor):
         changes: dict[str, Any] = {"round": hints.round + 1, "budget_s": None}
         if decision.option == "wait":
             delay = decision.wait_s or esc.classification.retry_after_s or 60.0
-            await workflow.sleep(delay, summary=f"wait {delay:.0f}s before retrying ({esc.error_type.value})")
+            await workflow.sleep(
+                delay, summary=f"wait {delay:.0f}s before retrying ({esc.error_type.value})"
+            )
         elif decision.option == "reroute":
             target = decision.alternative or esc.alternatives[0]
             call.rerouted.append(target)
             changes["connector"] = target
         elif decision.option == "edit_and_retry":
-            current = dataclasses.replace(current, args=_patch_args(current.args, decision.input_patch or {}))
+            current = dataclasses.replace(
+                current, args=_patch_args(current.args, decision.input_patch or {})
+            )
             changes["edits"] = hints.edits + 1
         return _with_hints(current, **changes)

@@ -37,7 +37,9 @@ def _passthrough(runner: WorkflowRunner | None) -> WorkflowRunner:
     return runner
 
 
-def _pydantic(existing: temporalio.converter.DataConverter | None) -> temporalio.converter.DataConverter:
+def _pydantic(
+    existing: temporalio.converter.DataConverter | None,
+) -> temporalio.converter.DataConverter:
     # Keep a user's own converter (codec, failure converter); replace only the default.
     if existing is None or existing is temporalio.converter.DataConverter.default:
         return pydantic_data_converter
@@ -102,11 +104,15 @@ class HealingPlugin(SimplePlugin):
                 # The time-skipping test server cannot list; its users register up front.
                 logger.info("server cannot list search attributes; assuming they are registered")
                 return
-            logger.warning("cannot list search attributes (%s); HealingStatus upserts disabled", exc)
+            logger.warning(
+                "cannot list search attributes (%s); HealingStatus upserts disabled", exc
+            )
             self.interceptor.search_attributes_enabled = False
             return
         except Exception as exc:  # no operator access must not stop the worker
-            logger.warning("cannot list search attributes (%s); HealingStatus upserts disabled", exc)
+            logger.warning(
+                "cannot list search attributes (%s); HealingStatus upserts disabled", exc
+            )
             self.interceptor.search_attributes_enabled = False
             return
         missing = sorted(set(SEARCH_ATTRIBUTES) - known)

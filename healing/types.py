@@ -181,8 +181,16 @@ class HealingStatus(_Frozen):
 
 
 EventKind = Literal[
-    "classified", "strategy", "attempt", "escalated", "decided", "healed", "gave_up",
-    "refreshed", "adapted", "rerouted",
+    "classified",
+    "strategy",
+    "attempt",
+    "escalated",
+    "decided",
+    "healed",
+    "gave_up",
+    "refreshed",
+    "adapted",
+    "rerouted",
 ]
 
 
