@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 
-from healing.errors import DecisionError
+from healing.errors import DecisionError, validation_problems
 from healing.healer import QUERY, SIGNAL, UPDATE
 from healing.types import DecisionOptionName, Escalation, EscalationDecision, HealingStatus
 
@@ -88,15 +89,20 @@ async def decide(
 ) -> dict[str, Any]:
     """Send a decision. The update is checked by the workflow before it is accepted;
     DecisionError carries the workflow's reason when it is rejected."""
-    decision = EscalationDecision(
-        option=option,
-        escalation_id=escalation_id,
-        alternative=alternative,
-        input_patch=input_patch,
-        wait_s=wait_s,
-        note=note,
-        decided_by=decided_by,
-    )
+    try:
+        decision = EscalationDecision(
+            option=option,
+            escalation_id=escalation_id,
+            alternative=alternative,
+            input_patch=input_patch,
+            wait_s=wait_s,
+            note=note,
+            decided_by=decided_by,
+        )
+    except ValidationError as exc:
+        raise DecisionError(
+            f"invalid decision ({validation_problems(exc, root='decision')})"
+        ) from None
     body = decision.model_dump(mode="json", exclude_none=True)
     handle = client.get_workflow_handle(workflow_id)
     if via == "signal":

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from healing.errors import ConfigError
+from healing.errors import ConfigError, validation_problems
 from healing.matrix import DEFAULT_MATRIX, MatrixRow
 from healing.types import DecisionOptionName, ErrorType
 
@@ -100,11 +100,9 @@ class HealingConfig(BaseSettings):
         try:
             return cls(**values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise ConfigError(f"invalid healing config ({problems})") from None
+            raise ConfigError(
+                f"invalid healing config ({validation_problems(exc, root='config')})"
+            ) from None
 
     def row(self, error_type: ErrorType) -> MatrixRow:
         return self.matrix[error_type]

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 
 class HealingError(Exception):
     """Base of every error this library raises."""
@@ -83,3 +85,16 @@ class SchemaMismatch(IntegrationFailure):
         self.missing = missing or []
         self.unexpected = unexpected or []
         self.mapping = mapping or {}
+
+
+def validation_problems(
+    exc: ValidationError, *, root: str = "value", show_input: bool = True
+) -> str:
+    """One line naming each invalid field (and, for short scalars, the value given)."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or root
+        given = err.get("input")
+        shown = show_input and isinstance(given, str | int | float | bool) and len(str(given)) <= 40
+        parts.append(f"{where}: {err['msg']}" + (f" (got {given!r})" if shown else ""))
+    return "; ".join(parts)

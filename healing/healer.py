@@ -24,7 +24,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from healing.errors import DecisionError
+from healing.errors import DecisionError, validation_problems
 from healing.escalation import build_escalation, check_decision, to_markdown
 from healing.integration import HINTS_HEADER, CallHints
 from healing.types import (
@@ -51,6 +51,7 @@ ABORTED_TYPE = "HealingAborted"
 _HISTORY = 50
 _REROUTABLE = {ErrorType.SERVICE_DOWN, ErrorType.CIRCUIT_OPEN}
 _SKIP = object()
+_SA_PATCH = "healing-search-attributes"
 AnyStart = StartActivityInput | StartLocalActivityInput
 
 
@@ -67,6 +68,7 @@ class _State:
         self.open: dict[str, Escalation] = {}
         self.decisions: dict[str, EscalationDecision] = {}
         self.touched = False
+        self.upserts: bool | None = None
 
     def snapshot(self) -> HealingStatus:
         return HealingStatus(
@@ -97,11 +99,21 @@ class _State:
             workflow.set_current_details(to_markdown(list(self.open.values())))
         else:
             workflow.set_current_details(f"Healing: {state}")
-        if changed and self.root.search_attributes_enabled:
+        if changed and self._upserts():
             updates = [STATUS_KEY.value_set(state)]
             if self.error_type:
                 updates.append(ERROR_TYPE_KEY.value_set(self.error_type))
             workflow.upsert_search_attributes(updates)
+
+    def _upserts(self) -> bool:
+        """Whether this run writes search attributes, decided once and recorded in history,
+        so a replay on a worker whose start-up check came out otherwise stays deterministic."""
+        if self.upserts is None:
+            if self.root.search_attributes_enabled or workflow.unsafe.is_replaying():
+                self.upserts = workflow.patched(_SA_PATCH)
+            else:
+                self.upserts = False
+        return self.upserts
 
     def decide(self, esc: Escalation, decision: EscalationDecision) -> None:
         self.open.pop(esc.escalation_id, None)
@@ -116,10 +128,9 @@ def _parse_decision(raw: Any) -> EscalationDecision:
     try:
         return EscalationDecision.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'decision'}: {e['msg']}" for e in exc.errors()
-        )
-        raise DecisionError(f"invalid escalation decision ({problems})") from None
+        raise DecisionError(
+            f"invalid escalation decision ({validation_problems(exc, root='decision')})"
+        ) from None
 
 
 class _WorkflowInbound(WorkflowInboundInterceptor):

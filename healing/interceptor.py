@@ -41,7 +41,7 @@ from healing.integration import (
     _set_current,
     integration_spec,
 )
-from healing.types import REPORT_KEY, Classification, ErrorType, FailureReport
+from healing.types import REPORT_KEY, Classification, ErrorType, FailureReport, HealingStrategy
 
 logger = logging.getLogger("healing")
 
@@ -55,6 +55,11 @@ _BREAKER_TYPES = {
     ErrorType.INTERNAL_ERROR,
 }
 _CONVERTER = temporalio.converter.PayloadConverter.default
+# Strategies only the workflow side can carry out (it runs the healing activities).
+_WORKFLOW_STRATEGIES = {
+    HealingStrategy.REFRESH_TOKEN: "a credential refresh",
+    HealingStrategy.SCHEMA_ADAPT: "a schema adaptation",
+}
 
 
 class SelfHealingInterceptor(Interceptor):
@@ -200,7 +205,9 @@ class _ActivityInbound(ActivityInboundInterceptor):
         counts = {**counts, key: counts.get(key, 0) + 1}
         used = counts[key]
         # Server-side times, so time skipping and worker clock skew do not distort the budget.
-        elapsed = (info.current_attempt_scheduled_time - info.scheduled_time).total_seconds()
+        # started_time, not current_attempt_scheduled_time: the test server sets the latter to
+        # the previous failure's time, which would hide the wait just served.
+        elapsed = (info.started_time - info.scheduled_time).total_seconds()
         elapsed += self.root.clock() - started
         budget = cfg.healing_budget_s if hints.budget_s is None else hints.budget_s
         delay = self._delay(cls, used, info)
@@ -210,6 +217,9 @@ class _ActivityInbound(ActivityInboundInterceptor):
             reason = f"{key} is not retryable"
         elif cls.escalate_now:
             reason = f"{key} cannot heal by waiting now ({cls.rule})"
+        elif cls.strategy in _WORKFLOW_STRATEGIES:
+            # Retrying with the same token or schema cannot work: hand over at once.
+            reason = f"{key} needs {_WORKFLOW_STRATEGIES[cls.strategy]}"
         elif used > cls.max_attempts:
             reason = f"the retry budget for {key} is spent ({cls.max_attempts} retries)"
         elif cls.retry_after_s is not None and cls.retry_after_s > cfg.max_retry_after_s:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import shutil
 import sys
-from pathlib import Path
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+
+from tests.temporal.harness import Harness
 
 
 def _beside_python(name: str) -> str | None:
@@ -46,3 +48,13 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture
 def task_queue() -> str:
     return f"tq-{uuid.uuid4()}"
+
+
+@pytest.fixture
+async def harness(ts_env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[Harness]:
+    """A worker/workflow helper on this test's task queue; ends its workflows afterwards."""
+    h = Harness(ts_env, task_queue)
+    try:
+        yield h
+    finally:
+        await h.cleanup()
