@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 
 from healing.errors import DecisionError, validation_problems
-from healing.healer import QUERY, SIGNAL, UPDATE
+from healing.handlers import QUERY, SIGNAL, UPDATE
 from healing.types import DecisionOptionName, Escalation, EscalationDecision, HealingStatus
 
 AWAITING_QUERY = 'HealingStatus = "awaiting_decision" AND ExecutionStatus = "Running"'

@@ -5,6 +5,8 @@
     ├── DecisionError          an escalation decision that cannot be applied
     ├── CredentialError        a credential is missing or its refresh failed
     │   └── GrantRevoked       the refresh grant is dead (invalid_grant after re-reading the store)
+    ├── StoreError             the healing store failed
+    │   └── StoreUnavailable   the database cannot be reached (healing goes on from the matrix)
     └── IntegrationFailure     an integration call failed; carries status, headers and body
         └── SchemaMismatch     a response did not fit the operation's response model
 
@@ -42,6 +44,14 @@ class CredentialError(HealingError):
 
 class GrantRevoked(CredentialError):
     """The refresh grant is dead: a human must reauthorize the connector."""
+
+
+class StoreError(HealingError):
+    """The healing store failed; the message names the store (never its password)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database cannot be reached."""
 
 
 class IntegrationFailure(HealingError):

@@ -94,7 +94,7 @@ class SelfHealingInterceptor(Interceptor):
     def workflow_interceptor_class(
         self, input: WorkflowInterceptorClassInput
     ) -> type[WorkflowInboundInterceptor] | None:
-        from healing.healer import make_workflow_inbound
+        from healing.handlers import make_workflow_inbound
 
         return make_workflow_inbound(self)
 

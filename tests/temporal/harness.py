@@ -31,7 +31,7 @@ from temporalio.worker import (
 )
 
 from healing import HealingConfig, HealingPlugin, IntegrationFailure, current_call, integration
-from healing.healer import ERROR_TYPE_KEY, QUERY, STATUS_KEY
+from healing.handlers import ERROR_TYPE_KEY, QUERY, STATUS_KEY
 from healing.types import HealingStatus
 from tests.temporal.wf import CallWorkflow, TwoCallsWorkflow
 

@@ -22,7 +22,8 @@ from temporalio.worker import Replayer
 
 from healing import BackoffPolicy, BreakerPolicy, DecisionError, HealingConfig, HealingPlugin
 from healing.client import decide
-from healing.healer import ABORTED_TYPE, QUERY, SIGNAL, UPDATE
+from healing.handlers import QUERY, SIGNAL, UPDATE
+from healing.healer import ABORTED_TYPE
 from tests.temporal.harness import Harness, Scripted, fail, plugin
 from tests.temporal.wf import CallWorkflow, TwoCallsWorkflow
 

@@ -1,0 +1,183 @@
+"""Per-workflow healing state and the handlers every workflow on a healing worker gets:
+query ``healing_status``, signal ``escalation_decision``, update ``decide_escalation``.
+
+Runs in workflow context outside the sandbox: no module-level mutable state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    WorkflowInboundInterceptor,
+    WorkflowOutboundInterceptor,
+)
+
+from healing.errors import DecisionError, validation_problems
+from healing.escalation import check_decision, to_markdown
+from healing.types import (
+    Escalation,
+    EscalationDecision,
+    HealingAttempt,
+    HealingState,
+    HealingStatus,
+)
+
+if TYPE_CHECKING:
+    from healing.interceptor import SelfHealingInterceptor
+
+STATUS_KEY = SearchAttributeKey.for_keyword("HealingStatus")
+ERROR_TYPE_KEY = SearchAttributeKey.for_keyword("HealingErrorType")
+QUERY, SIGNAL, UPDATE = "healing_status", "escalation_decision", "decide_escalation"
+_HISTORY = 50
+_SA_PATCH = "healing-search-attributes"
+
+
+class WorkflowHealing:
+    """Everything the handlers report and the healing loop changes, for one workflow run."""
+
+    def __init__(self, root: SelfHealingInterceptor) -> None:
+        self.root = root
+        self.state: HealingState = "idle"
+        self.error_type: str | None = None
+        self.attempts = 0
+        self.counts: dict[str, int] = {}
+        self.history: list[HealingAttempt] = []
+        self.open: dict[str, Escalation] = {}
+        self.decisions: dict[str, EscalationDecision] = {}
+        self.touched = False
+        self.upserts: bool | None = None
+
+    def snapshot(self) -> HealingStatus:
+        return HealingStatus(
+            state=self.state,
+            attempts=self.attempts,
+            counts_by_error_type=dict(self.counts),
+            open_escalations=list(self.open.values()),
+            history=list(self.history),
+        )
+
+    def record(self, attempt: HealingAttempt) -> None:
+        self.history = [*self.history, attempt][-_HISTORY:]
+
+    def count(self, counts: dict[str, int]) -> None:
+        for key, n in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + n
+            self.attempts += n
+        self.touched = self.touched or bool(counts)
+
+    def set(self, state: HealingState, error_type: str | None = None) -> None:
+        if self.open and state != "failed":
+            state = "awaiting_decision"  # another call may still wait for a human
+        changed = state != self.state or (error_type is not None and error_type != self.error_type)
+        self.state = state
+        self.error_type = error_type or self.error_type
+        self.touched = True
+        if self.open:
+            workflow.set_current_details(to_markdown(list(self.open.values())))
+        else:
+            workflow.set_current_details(f"Healing: {state}")
+        if changed and self._upserts():
+            updates = [STATUS_KEY.value_set(state)]
+            if self.error_type:
+                updates.append(ERROR_TYPE_KEY.value_set(self.error_type))
+            workflow.upsert_search_attributes(updates)
+
+    def _upserts(self) -> bool:
+        """Whether this run writes search attributes, decided once and recorded in history,
+        so a replay on a worker whose start-up check came out otherwise stays deterministic."""
+        if self.upserts is None:
+            if self.root.search_attributes_enabled or workflow.unsafe.is_replaying():
+                self.upserts = workflow.patched(_SA_PATCH)
+            else:
+                self.upserts = False
+        return self.upserts
+
+    def decide(self, esc: Escalation, decision: EscalationDecision) -> None:
+        self.open.pop(esc.escalation_id, None)
+        self.decisions[esc.escalation_id] = decision
+
+
+def _parse_decision(raw: Any) -> EscalationDecision:
+    if isinstance(raw, EscalationDecision):
+        return raw
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump()
+    try:
+        return EscalationDecision.model_validate(raw)
+    except ValidationError as exc:
+        raise DecisionError(
+            f"invalid escalation decision ({validation_problems(exc, root='decision')})"
+        ) from None
+
+
+class _WorkflowInbound(WorkflowInboundInterceptor):
+    root: SelfHealingInterceptor
+
+    def init(self, outbound: WorkflowOutboundInterceptor) -> None:
+        self.state = WorkflowHealing(self.root)
+        self._register()
+        from healing.healer import HealingOutbound
+
+        super().init(HealingOutbound(outbound, self.state))
+
+    def _register(self) -> None:
+        state = self.state
+
+        def status() -> dict[str, Any]:
+            return state.snapshot().model_dump(mode="json")
+
+        def on_signal(raw: Any = None) -> None:
+            try:
+                decision = _parse_decision(raw)
+                state.decide(check_decision(decision, list(state.open.values())), decision)
+            except DecisionError as exc:
+                workflow.logger.warning("ignoring %s signal: %s", SIGNAL, exc)
+
+        def validate(raw: Any = None) -> None:
+            try:
+                check_decision(_parse_decision(raw), list(state.open.values()))
+            except DecisionError as exc:
+                raise ValueError(str(exc)) from None
+
+        def on_update(raw: Any = None) -> dict[str, Any]:
+            decision = _parse_decision(raw)
+            esc = check_decision(decision, list(state.open.values()))
+            state.decide(esc, decision)
+            return {"accepted": True, "escalation_id": esc.escalation_id, "option": decision.option}
+
+        if workflow.get_query_handler(QUERY) is None:
+            workflow.set_query_handler(QUERY, status)
+        else:
+            workflow.logger.warning("workflow defines its own %s query; not replacing it", QUERY)
+        if workflow.get_signal_handler(SIGNAL) is None:
+            workflow.set_signal_handler(SIGNAL, on_signal)
+        else:
+            workflow.logger.warning("workflow defines its own %s signal; not replacing it", SIGNAL)
+        if workflow.get_update_handler(UPDATE) is None:
+            workflow.set_update_handler(UPDATE, on_update, validator=validate)
+        else:
+            workflow.logger.warning("workflow defines its own %s update; not replacing it", UPDATE)
+
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        try:
+            result = await super().execute_workflow(input)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self.state.touched:
+                self.state.set("failed")
+            raise
+        if self.state.touched and self.state.state != "failed":
+            self.state.set("healed")
+        return result
+
+
+def make_workflow_inbound(root: SelfHealingInterceptor) -> type[WorkflowInboundInterceptor]:
+    cls = type("HealingWorkflowInbound", (_WorkflowInbound,), {"root": root})
+    return cls
