@@ -30,7 +30,7 @@ from temporalio.worker import (
 )
 
 from healing.backoff import backoff_delay
-from healing.breaker import BreakerBoard
+from healing.breaker import BreakerBoard, BreakerTransition
 from healing.classify import Failure, classify_error, detect_error, load_rules
 from healing.config import HealingConfig
 from healing.integration import (
@@ -121,6 +121,14 @@ def _ledger(details: Any) -> dict[str, int]:
     return {}
 
 
+def _log_transition(change: BreakerTransition | None) -> None:
+    # Waits behind an open circuit are BENIGN and quiet: say when the circuit changes.
+    if change is not None:
+        logger.warning(
+            "circuit for %s: %s -> %s", change.connector, change.from_state, change.to_state
+        )
+
+
 def _connector_of(args: Any) -> str | None:
     first = args[0] if args else None
     value = first.get("connector") if isinstance(first, dict) else getattr(first, "connector", None)
@@ -174,7 +182,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
         else:
             detected = detect_error(result, connector=connector, operation=operation)
             if detected is None:
-                breaker.record_success(self.root.clock())
+                _log_transition(breaker.record_success(self.root.clock()))
                 return result
             failure = detected
         finally:
@@ -182,7 +190,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
 
         cls = self.root.classify(failure)
         if cls.error_type in _BREAKER_TYPES:
-            breaker.record_failure(self.root.clock())
+            _log_transition(breaker.record_failure(self.root.clock()))
         raise self._verdict(cls, counts, connector, operation, started, hints)
 
     def _verdict(
