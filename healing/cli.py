@@ -67,6 +67,8 @@ def _print_report(rep: StatusReport) -> None:
             print("  options:")
             for opt in esc.options:
                 print(f"    {opt.option:<15} {opt.effect}")
+            default = f"without a decision: {esc.default_option}"
+            print(f"  decide: healing decide {rep.workflow_id} <option> ({default})")
     for call in rep.pending:
         nxt = f", next try in {call.next_attempt_in_s:.1f}s" if call.next_attempt_in_s else ""
         print(f"retrying   {call.activity_type} attempt {call.attempt}{nxt}: {call.last_failure}")
@@ -137,7 +139,7 @@ async def cmd_decide(args: argparse.Namespace) -> int:
             via="signal" if args.signal else "update",
         )
     except DecisionError as exc:
-        print(f"healing: decision rejected by {args.workflow_id}: {exc}", file=sys.stderr)
+        print(f"healing decide: {args.workflow_id} refused {args.option}: {exc}", file=sys.stderr)
         return 2
     if args.signal:
         print(f"sent {args.option!r} to {args.workflow_id} as a signal (not checked; see status)")
@@ -169,6 +171,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 async def cmd_demo(args: argparse.Namespace) -> int:
     from healing.demo import DemoOptions, run_demo
 
+    if args.count < 1 or not 0 <= args.rate < 1:
+        raise HealingError("--count must be at least 1 and --rate at least 0 and below 1")
     opts = DemoOptions(
         count=args.count, seed=args.seed, rate=args.rate, keep=args.keep, state_dir=args.state_dir
     )
@@ -243,20 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--namespace", default=argparse.SUPPRESS, help="Temporal namespace")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Handler, text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=text, description=text)
+    def add(name: str, handler: Handler, text: str, remote: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common] if remote else [], help=text, description=text)
         p.set_defaults(handler=handler)
         return p
 
-    p = add("dev", cmd_dev, "run the Temporal dev server (Web UI, search attributes) until Ctrl-C")
+    p = add("dev", cmd_dev, "run the Temporal dev server with its Web UI until Ctrl-C", False)
     p.add_argument("--state-dir", type=Path, default=Path(".healing"))
     p.add_argument("--port", type=int, default=7233)
     p.add_argument("--ui-port", type=int, default=8233)
     add("worker", cmd_worker, "run the integration worker (same as python worker.py)")
-    p = add("demo", cmd_demo, "run a batch of workflows against a chaos CRM and summarize")
+    p = add("demo", cmd_demo, "run a batch of workflows against a chaos CRM and summarize", False)
     p.add_argument("--count", type=int, default=60, help="workflows to run (default 60)")
     p.add_argument("--seed", type=int, default=7, help="fault plan seed (default 7)")
-    p.add_argument("--rate", type=float, default=0.3, help="random fault rate per attempt (0.3)")
+    p.add_argument("--rate", type=float, default=0.3, help="random fault share (0.3)")
     p.add_argument("--keep", action="store_true", help="keep server, worker and UI up after")
     p.add_argument("--state-dir", type=Path, default=Path(".healing/demo"))
     p = add("status", cmd_status, "show a workflow's healing state, escalations and retries")
@@ -278,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="")
     p.add_argument("--by", default=env.get("USER") or "cli", help="who decided (default $USER)")
     p.add_argument("--signal", action="store_true", help="send a signal instead of an update")
-    p = add("credentials", cmd_credentials, "store or show a connector's tokens (encrypted)")
+    p = add("credentials", cmd_credentials, "store or show a connector's tokens (encrypted)", False)
     creds = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     c = creds.add_parser("set", help="store tokens read from environment variables")
     c.add_argument("connector")
@@ -287,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--expires-in", type=float, metavar="S", help="access token lifetime")
     c = creds.add_parser("show", help="version, expiry and type (never the tokens)")
     c.add_argument("connector")
-    add("patterns", cmd_patterns, "show learned error patterns and strategies")
+    add("patterns", cmd_patterns, "show learned error patterns and strategies", False)
     add("setup", cmd_setup, "register the search attributes on an existing cluster")
     return parser
 

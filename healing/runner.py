@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_settings import SettingsError
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from healing.catalog import ConnectorCatalog, load_catalog
@@ -109,11 +110,20 @@ def token_refresher(
     return TokenRefresher(credential_store(config, environ), clients)
 
 
-async def connect(address: str, namespace: str, plugin: HealingPlugin | None = None) -> Client:
+async def connect(
+    address: str,
+    namespace: str,
+    plugin: HealingPlugin | None = None,
+    *,
+    runtime: Runtime | None = None,
+) -> Client:
     """A client with the healing plugin (so the pydantic converter is used)."""
     try:
         return await Client.connect(
-            address, namespace=namespace, plugins=[plugin or HealingPlugin(load_config())]
+            address,
+            namespace=namespace,
+            plugins=[plugin or HealingPlugin(load_config())],
+            runtime=runtime,
         )
     except RuntimeError as exc:
         raise ConnectError(

@@ -1,0 +1,74 @@
+"""Helpers for the end-to-end tests: run the real commands as subprocesses, wait for states."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+
+from healing.catalog import ConnectorCatalog
+from healing.client import healing_status
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def healing_command() -> list[str]:
+    """The installed ``healing`` console script, else ``python -m healing.cli``."""
+    script = Path(sys.executable).parent / "healing"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "healing.cli"]
+
+
+async def run(
+    *cmd: str, env: Mapping[str, str] | None = None, within: float = 60.0
+) -> tuple[int, str, str]:
+    """Run a command without blocking the event loop (an in-process worker shares it)."""
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), within)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def healing(*args: str, within: float = 60.0) -> tuple[int, str, str]:
+    return await run(*healing_command(), *args, within=within)
+
+
+async def wait_until_awaiting(client: Client, workflow_id: str, within: float = 30.0) -> Any:
+    """The workflow's HealingStatus once an escalation is open."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        report = await healing_status(client, workflow_id)
+        if report.healing is not None and report.healing.open_escalations:
+            return report.healing
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{workflow_id} opened no escalation within {within}s")
+
+
+def crm_catalog(url: str) -> ConnectorCatalog:
+    """``crm`` with ``get_contact`` at ``url`` (a ChaosAPI)."""
+    operations = {"get_contact": {"method": "GET", "path": "/contacts/{id}"}}
+    return ConnectorCatalog.from_dict(
+        {"connectors": {"crm": {"base_url": url, "timeout_s": 5, "operations": operations}}}
+    )
+
+
+def get_contact(contact_id: str) -> dict[str, Any]:
+    """IntegrationWorkflow input: one get_contact step."""
+    step = {"connector": "crm", "operation": "get_contact", "params": {"id": contact_id}}
+    return {"steps": [step]}

@@ -1,0 +1,277 @@
+"""The ``healing`` command: argument errors in-process, decisions against a real dev server.
+
+The real tests run a healing worker in this process (IntegrationWorkflow over a chaos CRM whose
+``/contacts/missing-*`` always answer 404 and ``/contacts/flaky-*`` answer 404 once), then drive
+the paused workflows with the ``healing`` console script and the ``temporal`` CLI as
+subprocesses, exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from temporalio.client import Client
+
+from healing.cli import build_parser, main
+from healing.config import BackoffPolicy, HealingConfig
+from healing.devserver import DevServer, find_free_port, find_temporal_cli
+from healing.plugin import HealingPlugin
+from healing.runner import build_worker, connect
+from healing.testing import ChaosAPI, FaultPlan, FaultRule, StatusFault
+from tests.e2e.helpers import crm_catalog, get_contact, healing, run, wait_until_awaiting
+
+NOT_FOUND = StatusFault(status=404, vendor="hubspot")
+
+# -- argument handling, in process ----------------------------------------------------------
+
+
+def test_bad_patch_json_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decide", "wf-1", "edit_and_retry", "--patch", "{not json"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --patch: not valid JSON" in err
+    assert "Traceback" not in err
+
+
+def test_patch_must_be_an_object(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decide", "wf-1", "edit_and_retry", "--patch", "[1, 2]"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+
+
+def test_unknown_option_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decide", "wf-1", "explode"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'explode'" in err
+    assert "edit_and_retry" in err
+
+
+def test_missing_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "required: COMMAND" in capsys.readouterr().err
+
+
+def test_global_options_go_before_or_after_the_command() -> None:
+    parser = build_parser()
+    after = parser.parse_args(["status", "wf", "--address", "h:1", "--namespace", "ns"])
+    before = parser.parse_args(["--address", "h:2", "status", "wf"])
+    assert (after.address, after.namespace) == ("h:1", "ns")
+    assert (before.address, before.namespace) == ("h:2", "default")
+
+
+def test_address_and_namespace_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "temporal.internal:7233")
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "prod")
+    args = build_parser().parse_args(["escalations"])
+    assert (args.address, args.namespace) == ("temporal.internal:7233", "prod")
+
+
+def test_unreachable_server_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    address = f"127.0.0.1:{find_free_port()}"
+    assert main(["status", "wf-1", "--address", address]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot connect to Temporal at {address}" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_broken_config_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HEALING_BACKOFF__MAX_S", "soon")
+    assert main(["escalations", "--address", f"127.0.0.1:{find_free_port()}"]) == 1
+    err = capsys.readouterr().err
+    assert "backoff.max_s" in err
+    assert "Traceback" not in err
+
+
+def test_patterns_says_learning_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["patterns"]) == 0
+    assert "learning store not configured" in capsys.readouterr().out
+
+
+def test_credentials_never_print_or_store_tokens_in_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "credentials.enc"
+    access, refresh = f"at-{uuid.uuid4().hex}", f"rt-{uuid.uuid4().hex}"
+    monkeypatch.setenv("HEALING_SECRET_KEY", Fernet.generate_key().decode())
+    monkeypatch.setenv("HEALING_CREDENTIALS_FILE", str(store))
+    monkeypatch.setenv("CRM_AT", access)
+    monkeypatch.setenv("CRM_RT", refresh)
+    set_args = ["credentials", "set", "crm", "--access-token-env", "CRM_AT"]
+    assert main([*set_args, "--refresh-token-env", "CRM_RT", "--expires-in", "3600"]) == 0
+    assert main(["credentials", "show", "crm"]) == 0
+    out = capsys.readouterr().out
+    assert "version        0" in out
+    assert "Bearer" in out
+    assert "refresh token  stored" in out
+    assert access not in out and refresh not in out
+    blob = store.read_bytes()
+    assert access.encode() not in blob and refresh.encode() not in blob
+    assert main(set_args) == 0  # a second write bumps the version
+    assert main(["credentials", "show", "crm"]) == 0
+    assert "version        1" in capsys.readouterr().out
+
+
+def test_credentials_need_the_secret_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("HEALING_SECRET_KEY", raising=False)
+    monkeypatch.setenv("HEALING_CREDENTIALS_FILE", str(tmp_path / "c.enc"))
+    monkeypatch.setenv("CRM_AT", "x")
+    assert main(["credentials", "set", "crm", "--access-token-env", "CRM_AT"]) == 1
+    assert "HEALING_SECRET_KEY is not set" in capsys.readouterr().err
+
+
+def test_credentials_name_an_unset_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HEALING_SECRET_KEY", Fernet.generate_key().decode())
+    monkeypatch.setenv("HEALING_CREDENTIALS_FILE", str(tmp_path / "c.enc"))
+    monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
+    assert main(["credentials", "set", "crm", "--access-token-env", "NO_SUCH_TOKEN_VAR"]) == 1
+    assert "NO_SUCH_TOKEN_VAR" in capsys.readouterr().err
+
+
+# -- against a real dev server ----------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    server: DevServer
+    client: Client
+    task_queue: str
+    chaos: ChaosAPI
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    async def start(self, contact_id: str) -> str:
+        workflow_id = f"e2e-{contact_id}-{uuid.uuid4().hex[:8]}"
+        await self.client.start_workflow(
+            "IntegrationWorkflow",
+            get_contact(contact_id),
+            id=workflow_id,
+            task_queue=self.task_queue,
+        )
+        return workflow_id
+
+
+@pytest.fixture(scope="module")
+async def stack(dev_server: DevServer) -> AsyncIterator[Stack]:
+    plan = FaultPlan(
+        rules=(
+            FaultRule(path="/contacts/missing-*", always=NOT_FOUND),
+            FaultRule(path="/contacts/flaky-*", faults=(NOT_FOUND,)),
+        )
+    )
+    config = HealingConfig.load(backoff=BackoffPolicy(initial_s=0.2, max_s=1.0))
+    async with ChaosAPI(plan) as chaos:
+        catalog = crm_catalog(chaos.url)
+        plugin = HealingPlugin(config, alternatives=catalog.alternatives())
+        client = await connect(dev_server.address, dev_server.namespace, plugin)
+        task_queue = f"e2e-cli-{uuid.uuid4()}"
+        worker, acts = build_worker(client, config, catalog, task_queue=task_queue)
+        async with worker:
+            yield Stack(dev_server, client, task_queue, chaos)
+        await acts.aclose()
+
+
+async def test_status_escalations_and_decide_skip_from_the_command_line(stack: Stack) -> None:
+    wf = await stack.start("missing-1")
+    await wait_until_awaiting(stack.client, wf)
+
+    code, out, err = await healing("status", wf, "--json", "--address", stack.address)
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["run_status"] == "RUNNING"
+    assert status["healing"]["state"] == "awaiting_decision"
+    (esc,) = status["healing"]["open_escalations"]
+    assert esc["error_type"] == "NOT_FOUND"
+    assert esc["connector"] == "crm"
+    assert "skip" in [o["option"] for o in esc["options"]]
+
+    code, out, err = await healing("status", wf, "--address", stack.address)
+    assert code == 0, err
+    assert "awaiting_decision" in out and "NOT_FOUND" in out and "skip" in out
+    assert "HTTP 404" in out  # the explanation is shown
+
+    listed: list[dict[str, object]] = []
+    deadline = time.monotonic() + 20  # visibility (the HealingStatus attribute) lags a little
+    while not any(e["workflow_id"] == wf for e in listed) and time.monotonic() < deadline:
+        code, out, err = await healing("escalations", "--json", "--address", stack.address)
+        assert code == 0, err
+        listed = json.loads(out)
+        await asyncio.sleep(0.3)
+    mine = [e for e in listed if e["workflow_id"] == wf]
+    assert mine and mine[0]["error_type"] == "NOT_FOUND"
+    code, out, err = await healing("escalations", "--address", stack.address)
+    assert code == 0, err
+    assert wf in out and "NOT_FOUND" in out
+
+    code, out, err = await healing("decide", wf, "wait", "--address", stack.address)
+    assert code == 2  # not offered for NOT_FOUND: the workflow's validator says why
+    assert "not offered for NOT_FOUND" in err
+    assert "Traceback" not in err
+
+    code, out, err = await healing(
+        "decide", wf, "skip", "--note", "gone", "--address", stack.address
+    )
+    assert code == 0, err
+    assert "skip accepted" in out
+    result = await asyncio.wait_for(stack.client.get_workflow_handle(wf).result(), 30)
+    assert result["steps"][0]["status"] == "skipped"
+    assert stack.chaos.stats().calls_to("GET", "/contacts/missing-1") == 1
+
+
+async def test_temporal_cli_signal_resumes_with_retry(stack: Stack) -> None:
+    wf = await stack.start("flaky-1")
+    await wait_until_awaiting(stack.client, wf)
+    signal = [find_temporal_cli(), "workflow", "signal", "--workflow-id", wf]
+    signal += ["--name", "escalation_decision", "--input", '{"option": "retry"}']
+    code, out, err = await run(*signal, "--address", stack.address)
+    assert code == 0, err
+    result = await asyncio.wait_for(stack.client.get_workflow_handle(wf).result(), 30)
+    assert result["steps"][0]["status"] == "ok"
+    assert result["steps"][0]["result"]["id"] == "flaky-1"
+    assert stack.chaos.stats().calls_to("GET", "/contacts/flaky-1") == 2
+
+    code, out, err = await healing("status", wf, "--json", "--address", stack.address)
+    assert code == 0, err
+    assert json.loads(out)["run_status"] == "COMPLETED"
+
+
+async def test_signal_flag_sends_a_signal(stack: Stack) -> None:
+    wf = await stack.start("missing-2")
+    await wait_until_awaiting(stack.client, wf)
+    code, out, err = await healing("decide", wf, "abort", "--signal", "--address", stack.address)
+    assert code == 0, err
+    assert "as a signal" in out
+    with pytest.raises(Exception, match="Workflow execution failed"):
+        await asyncio.wait_for(stack.client.get_workflow_handle(wf).result(), 30)
+
+
+async def test_unknown_workflow_is_named(stack: Stack) -> None:
+    code, _, err = await healing("status", "no-such-workflow", "--address", stack.address)
+    assert code == 1
+    assert "workflow 'no-such-workflow' not found in namespace 'default'" in err
+    assert "Traceback" not in err
+    code, _, err = await healing("decide", "no-such-workflow", "skip", "--address", stack.address)
+    assert code == 1
+    assert "not found" in err and "Traceback" not in err
+
+
+async def test_setup_registers_search_attributes_idempotently(stack: Stack) -> None:
+    code, out, err = await healing("setup", "--address", stack.address)
+    assert code == 0, err
+    assert "already registered" in out

@@ -1,0 +1,47 @@
+"""The production worker: ``python worker.py``.
+
+Environment: TEMPORAL_ADDRESS (default localhost:7233), TEMPORAL_NAMESPACE (default),
+HEALING_TASK_QUEUE (integrations), HEALING_CONNECTORS (connector catalog TOML, default
+connectors.toml), HEALING_STORE, HEALING_SECRET_KEY (decrypts the stored OAuth tokens of oauth2
+connectors; see ``healing credentials set``). Every other HEALING_* knob is a HealingConfig field.
+
+It registers IntegrationWorkflow and the generic ``call_integration`` activity with the
+HealingPlugin (interceptor, healing activities, pydantic converter) and runs until Ctrl-C or
+SIGTERM. ``healing worker`` runs the same function, ``healing.runner.run_worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from healing.errors import HealingError
+from healing.runner import DEFAULT_ADDRESS, DEFAULT_NAMESPACE, run_worker
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    address = os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS
+    namespace = os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE
+    try:
+        asyncio.run(run_worker(address, namespace))
+    except HealingError as exc:
+        print(f"worker.py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    # Skip interpreter teardown: the Temporal client's Rust threads can abort it
+    # (temporalio/sdk-python#300, "PyGILState_Release ... must be current").
+    os._exit(code)
