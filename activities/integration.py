@@ -11,12 +11,14 @@ them. Request headers, and so credentials, never go into an error.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
 from urllib.parse import quote
 
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from healing.backoff import parse_retry_after
 from healing.catalog import ConnectorCatalog, ConnectorSpec, OperationSpec, resolve_model
 from healing.errors import ConfigError, CredentialError, IntegrationFailure
 from healing.integration import current_call, integration
@@ -159,7 +162,9 @@ class IntegrationActivities:
         await self._pace(connector, spec, req.operation)
         headers = {**req.headers, **await self._auth_headers(connector, spec)}
         if not op.is_idempotent:
-            headers["Idempotency-Key"] = idempotency_key(activity.info(), ctx.hints.edits if ctx else 0)
+            headers["Idempotency-Key"] = idempotency_key(
+                activity.info(), ctx.hints.edits if ctx else 0
+            )
         response = await self.client(connector).request(
             op.method,
             path,
@@ -234,6 +239,10 @@ class IntegrationActivities:
         info = parse_rate_limit_headers(response.headers, now_epoch=time.time())
         if info is None:
             return
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
+        if retry_after is not None and info.exhausted:
+            # The server's own Retry-After is the better reset than a whole window.
+            info = dataclasses.replace(info, reset_after_s=retry_after)
         limiter = self._limiters.get(connector)
         if limiter is None:
             created = RateLimiter.from_info(info, now=self._clock())

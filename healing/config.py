@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from healing.errors import ConfigError, validation_problems
 from healing.matrix import DEFAULT_MATRIX, MatrixRow
@@ -44,6 +44,31 @@ class BreakerPolicy(BaseModel):
     open_s: float = Field(default=30.0, gt=0)
 
 
+class LearningPolicy(BaseModel):
+    """When learned error patterns may change how a call heals (``healing.learning``).
+
+    Every bound is a one-sided Wilson bound at ``min_confidence``. Retries are skipped when
+    ``min_confidence`` says they heal the pattern less than ``never_heals_below`` of the time
+    (by default that takes 32 straight failures); a learned wait needs the retries to heal the
+    pattern at least half the time at that confidence. The matrix stays the bound: learning
+    never retries a non-retryable error nor adds attempts. ``enabled=False`` switches it off.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    min_observations: int = Field(default=8, ge=1)
+    """Tries of a strategy on a pattern before any hint is drawn from them."""
+    min_confidence: float = Field(default=0.9, gt=0.5, lt=1)
+    """One-sided confidence level of the Wilson bounds behind every hint."""
+    never_heals_below: float = Field(default=0.05, ge=0, le=1)
+    """Skip retries when the upper bound of their success rate is below this (0: never skip)."""
+    learned_wait: bool = True
+    """Wait the learned recovery time (median heal time) instead of the fixed backoff."""
+    cache_ttl_s: float = Field(default=30.0, gt=0)
+    """How long a worker reuses a pattern's stats before reading the store again."""
+
+
 class HealingConfig(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True,
@@ -56,6 +81,7 @@ class HealingConfig(BaseSettings):
     matrix: dict[ErrorType, MatrixRow] = Field(default_factory=lambda: dict(DEFAULT_MATRIX))
     backoff: BackoffPolicy = BackoffPolicy()
     breaker: BreakerPolicy = BreakerPolicy()
+    learning: LearningPolicy = LearningPolicy()
     healing_budget_s: float = Field(default=120.0, gt=0)
     """Time one call may spend healing (retries, waits) before it escalates."""
     max_retry_after_s: float = Field(default=120.0, gt=0)
@@ -99,6 +125,8 @@ class HealingConfig(BaseSettings):
         """Build a config, turning validation errors into one ConfigError that names the fields."""
         try:
             return cls(**values)
+        except SettingsError as exc:  # e.g. HEALING_MATRIX holding invalid JSON
+            raise ConfigError(f"invalid healing config in the environment: {exc}") from None
         except ValidationError as exc:
             raise ConfigError(
                 f"invalid healing config ({validation_problems(exc, root='config')})"

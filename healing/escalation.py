@@ -46,6 +46,8 @@ _EFFECTS: dict[DecisionOptionName, tuple[str, str]] = {
     "wait": ("Wait, then retry", "wait `wait_s` seconds (default: the service's hint), then retry"),
 }
 
+# Answers about the request itself: another region of the same API would say the same.
+_PERMANENT_HERE = {ErrorType.NOT_FOUND, ErrorType.BAD_REQUEST}
 _AUTH = {ErrorType.AUTH_INVALID, ErrorType.AUTH_EXPIRED, ErrorType.PERMISSION_DENIED}
 _WAITABLE = {
     ErrorType.RATE_LIMITED,
@@ -64,7 +66,7 @@ def options_for(error_type: ErrorType, alternatives: Sequence[str]) -> list[Esca
         names.append("reauthorized")
     if error_type in _WAITABLE:
         names.append("wait")
-    if alternatives:
+    if alternatives and error_type not in _PERMANENT_HERE:
         names.append("reroute")
     names += ["retry", "edit_and_retry", "skip", "abort"]
     return [EscalationOption(option=n, label=_EFFECTS[n][0], effect=_EFFECTS[n][1]) for n in names]

@@ -129,9 +129,10 @@ def _log_transition(change: BreakerTransition | None) -> None:
         )
 
 
-def _connector_of(args: Any) -> str | None:
+def _arg_field(args: Any, name: str) -> str | None:
+    """``connector``/``operation`` of a call's first argument (a model or a dict), if any."""
     first = args[0] if args else None
-    value = first.get("connector") if isinstance(first, dict) else getattr(first, "connector", None)
+    value = first.get(name) if isinstance(first, dict) else getattr(first, name, None)
     return value if isinstance(value, str) else None
 
 
@@ -148,8 +149,10 @@ class _ActivityInbound(ActivityInboundInterceptor):
         ):
             return await self.next.execute_activity(input)
         hints = read_hints(input.headers)
-        connector = hints.connector or (spec and spec.connector) or _connector_of(input.args)
-        operation = spec.operation if spec else None
+        connector = (
+            hints.connector or (spec and spec.connector) or _arg_field(input.args, "connector")
+        )
+        operation = (spec and spec.operation) or _arg_field(input.args, "operation")
         counts = _ledger(info.heartbeat_details)
         started = self.root.clock()
         breaker = self.root.breakers.get(connector or info.activity_type)

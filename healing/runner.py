@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic_settings import SettingsError
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
@@ -43,10 +42,7 @@ class ConnectError(HealingError):
 
 def load_config(**overrides: Any) -> HealingConfig:
     """``HealingConfig`` from the ``HEALING_*`` environment; one ConfigError if it is broken."""
-    try:
-        return HealingConfig.load(**overrides)
-    except SettingsError as exc:  # a HEALING_* variable that is not valid JSON
-        raise ConfigError(f"invalid healing config in the environment: {exc}") from None
+    return HealingConfig.load(**overrides)
 
 
 def load_connectors(config: HealingConfig) -> ConnectorCatalog:

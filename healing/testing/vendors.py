@@ -72,7 +72,8 @@ def _retry_after(fault: StatusFault, default: int | None = None) -> Headers:
 
 def _salesforce(fault: StatusFault) -> Response:
     message, code = _SALESFORCE.get(fault.status, (_phrase(fault.status), "UNKNOWN_EXCEPTION"))
-    usage = "15000/15000" if code == "REQUEST_LIMIT_EXCEEDED" else "14990/15000"
+    # Plenty left unless the fault is the quota itself, so clients do not pace on it.
+    usage = "15000/15000" if code == "REQUEST_LIMIT_EXCEEDED" else "1200/15000"
     headers = (("Sforce-Limit-Info", f"api-usage={usage}"), *_retry_after(fault))
     return json_response(fault.status, [{"message": message, "errorCode": code}], headers)
 

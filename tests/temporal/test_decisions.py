@@ -32,6 +32,11 @@ VIAS: list[Via] = ["update", "signal"]
 ACCEPTED = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
 NOT_FOUND = fail(404, {"message": "no contact 42"})
 SLACK_INVALID_AUTH = {"ok": False, "error": "invalid_auth"}
+HUBSPOT_DAILY = fail(
+    429,
+    {"status": "error", "message": "You have reached your daily limit.", "policyName": "DAILY"},
+    {"x-hubspot-ratelimit-max": "100", "x-hubspot-ratelimit-remaining": "0"},
+)
 
 
 async def _decide(h: Harness, handle: WorkflowHandle[Any, Any], via: Via, **kwargs: Any) -> None:
@@ -138,13 +143,13 @@ async def test_edit_and_retry_patches_the_input(harness: Harness, via: Via) -> N
 
 @pytest.mark.parametrize("via", VIAS)
 async def test_reroute_sends_the_call_to_the_alternative(harness: Harness, via: Via) -> None:
-    acts = Scripted(then=lambda c: NOT_FOUND if c.connector == "crm" else None)
+    acts = Scripted(then=lambda c: HUBSPOT_DAILY if c.connector == "crm" else None)
     async with harness.worker(acts.activity, plugin=plugin(alternatives={"crm": ["crm_eu"]})):
         handle = await harness.start()
         esc = (await harness.escalated(handle)).open_escalation
         assert esc is not None and esc.alternatives == ["crm_eu"]
         assert "reroute" in [o.option for o in esc.options]
-        assert acts.count == 1  # NOT_FOUND does not reroute by itself
+        assert acts.count == 1  # a spent daily quota does not reroute by itself
         await _decide(harness, handle, via, option="reroute", alternative="crm_eu")
         out = await handle.result()
     assert [c.connector for c in acts.calls] == ["crm", "crm_eu"]
