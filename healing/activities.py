@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from healing.config import HealingConfig
 from healing.errors import CredentialError, GrantRevoked
+from healing.types import ErrorPattern, ErrorType, HealingEvent
+
+if TYPE_CHECKING:
+    from healing.interceptor import SelfHealingInterceptor
 
 logger = logging.getLogger("healing")
 
@@ -28,10 +32,51 @@ class Refresher(Protocol):
 class HealingActivities:
     """Holds what the healing activities need; one instance per worker."""
 
-    def __init__(self, config: HealingConfig, *, tokens: Refresher | None = None) -> None:
+    def __init__(
+        self,
+        config: HealingConfig,
+        *,
+        tokens: Refresher | None = None,
+        interceptor: SelfHealingInterceptor | None = None,
+    ) -> None:
         self.config = config
         self.tokens = tokens
+        self.interceptor = interceptor
         self.schema_mappings: dict[tuple[str, str], dict[str, str]] = {}
+
+    @activity.defn(name="healing_match_pattern")
+    async def match_pattern(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The learned hint for a failure pattern (run as a local activity: history keeps it)."""
+        root = self.interceptor
+        if root is None or not root.learning:
+            return None
+        error_type = ErrorType(str(request["error_type"]))
+        hint = await root.patterns.hint(
+            str(request["fingerprint"]),
+            root.config.row(error_type),
+            backoff=root.config.backoff,
+            budget_s=root.config.healing_budget_s,
+        )
+        return hint.model_dump(mode="json") if hint is not None else None
+
+    @activity.defn(name="healing_record")
+    async def record(self, request: dict[str, Any]) -> int:
+        """Queue the workflow side's events and outcomes for the store (never blocks)."""
+        root = self.interceptor
+        if root is None or root.store is None:
+            return 0
+        root.events.start()
+        events = [HealingEvent.model_validate(e) for e in request.get("events", [])]
+        for event in events:
+            root.events.emit(event)
+        for item in request.get("outcomes", []):
+            root.events.record_outcome(
+                ErrorPattern.model_validate(item["pattern"]),
+                str(item["strategy"]),
+                healed=bool(item["healed"]),
+                heal_s=item.get("heal_s"),
+            )
+        return len(events)
 
     @activity.defn(name="healing_refresh_credentials")
     async def refresh_credentials(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -67,8 +112,12 @@ class HealingActivities:
 
 
 def healing_activities(
-    config: HealingConfig | None = None, *, tokens: Refresher | None = None
+    config: HealingConfig | None = None,
+    *,
+    tokens: Refresher | None = None,
+    interceptor: SelfHealingInterceptor | None = None,
 ) -> Sequence[Callable[..., Any]]:
-    """The healing activities to register beside the bare ``SelfHealingInterceptor``."""
-    acts = HealingActivities(config or HealingConfig(), tokens=tokens)
-    return [acts.refresh_credentials, acts.adapt_schema]
+    """The healing activities to register beside the bare ``SelfHealingInterceptor``
+    (pass the same interceptor so learning and the event log reach its store)."""
+    acts = HealingActivities(config or HealingConfig(), tokens=tokens, interceptor=interceptor)
+    return [acts.refresh_credentials, acts.adapt_schema, acts.match_pattern, acts.record]

@@ -26,6 +26,7 @@ from healing import runner
 from healing.client import StatusReport, decide, healing_status, list_escalations
 from healing.credentials import Credential, FileCredentialStore
 from healing.errors import DecisionError, HealingError
+from healing.store import connect_store
 from healing.types import DecisionOptionName, Escalation
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -187,6 +188,9 @@ async def cmd_setup(args: argparse.Namespace) -> int:
     )
     names = ", ".join(DEFAULT_SEARCH_ATTRIBUTES)
     print(f"registered {', '.join(added)}" if added else f"{names} were already registered")
+    store = await connect_store(runner.load_config().store)  # applies pending migrations
+    await store.close()
+    print(f"store {store.url_for_display} is migrated")
     return 0
 
 
@@ -231,7 +235,74 @@ async def _credentials_set(args: argparse.Namespace, store: FileCredentialStore)
 
 
 async def cmd_patterns(args: argparse.Namespace) -> int:
-    print("learning store not configured yet: pattern learning has not landed in this version")
+    from healing.learning import wilson_interval
+
+    config = runner.load_config()
+    store = await connect_store(config.store)
+    try:
+        found = await store.patterns(limit=args.limit)
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
+        return 0
+    if not found:
+        print(f"no error patterns learned yet in {store.url_for_display}")
+        return 0
+    level = config.learning.min_confidence
+    print(
+        f"{'pattern':<18} {'call':<28} {'type':<16} {'seen':>5}  best strategy (healed/tries, "
+        f"{level:.0%} lower bound, median heal)"
+    )
+    for stats in found:
+        pat = stats.pattern
+        best = max(
+            stats.strategies,
+            key=lambda st: wilson_interval(st.successes, st.tries, 2 * level - 1)[0],
+            default=None,
+        )
+        text = "-"
+        if best is not None:
+            low = wilson_interval(best.successes, best.tries, 2 * level - 1)[0]
+            median = f"{best.median_heal_s:.1f}s" if best.median_heal_s is not None else "-"
+            text = f"{best.strategy} {best.successes}/{best.tries} ({low:.0%}, {median})"
+        call = f"{pat.connector}.{pat.operation}"
+        status = f" {pat.status_code}" if pat.status_code else ""
+        print(
+            f"{pat.fingerprint:<18} {call:<28} {pat.error_type.value + status:<16} "
+            f"{stats.seen:>5}  {text}"
+        )
+    return 0
+
+
+async def cmd_events(args: argparse.Namespace) -> int:
+    from healing.store import EventFilter
+
+    store = await connect_store(runner.load_config().store)
+    try:
+        events = await store.recent_events(
+            EventFilter(
+                limit=args.limit,
+                workflow_id=args.workflow_id,
+                connector=args.connector,
+                error_type=args.error_type,
+                kind=args.kind,
+            )
+        )
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps([e.model_dump(mode="json") for e in events], indent=2))
+        return 0
+    for e in events:
+        call = f"{e.connector or '-'}.{e.operation or '-'}"
+        took = f" {e.duration_s:.2f}s" if e.duration_s is not None else ""
+        print(
+            f"{e.at:%Y-%m-%d %H:%M:%S} {e.kind:<10} {e.workflow_id:<24} {call:<24} "
+            f"{(e.error_type or '-'):<16} {e.strategy or '-'}: {e.outcome or ''}{took}"
+        )
+    if not events:
+        print("no healing events match")
     return 0
 
 
@@ -291,8 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--expires-in", type=float, metavar="S", help="access token lifetime")
     c = creds.add_parser("show", help="version, expiry and type (never the tokens)")
     c.add_argument("connector")
-    add("patterns", cmd_patterns, "show learned error patterns and strategies", False)
-    add("setup", cmd_setup, "register the search attributes on an existing cluster")
+    p = add("patterns", cmd_patterns, "show learned error patterns and strategies", False)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p = add("events", cmd_events, "show recent healing events (HEALING_STORE)", False)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--workflow-id")
+    p.add_argument("--connector")
+    p.add_argument("--error-type")
+    p.add_argument("--kind")
+    p.add_argument("--json", action="store_true")
+    add("setup", cmd_setup, "register the search attributes and migrate HEALING_STORE")
     return parser
 
 

@@ -67,6 +67,8 @@ class LearningPolicy(BaseModel):
     """Wait the learned recovery time (median heal time) instead of the fixed backoff."""
     cache_ttl_s: float = Field(default=30.0, gt=0)
     """How long a worker reuses a pattern's stats before reading the store again."""
+    explore_rate: float = Field(default=0.05, ge=0, le=1)
+    """Share of calls that still retry a pattern learned as hopeless, so evidence can change."""
 
 
 class HealingConfig(BaseSettings):

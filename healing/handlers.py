@@ -51,7 +51,7 @@ class WorkflowHealing:
         self.open: dict[str, Escalation] = {}
         self.decisions: dict[str, EscalationDecision] = {}
         self.touched = False
-        self.upserts: bool | None = None
+        self.features: dict[str, bool] = {}
 
     def snapshot(self) -> HealingStatus:
         return HealingStatus(
@@ -82,21 +82,22 @@ class WorkflowHealing:
             workflow.set_current_details(to_markdown(list(self.open.values())))
         else:
             workflow.set_current_details(f"Healing: {state}")
-        if changed and self._upserts():
+        if changed and self.feature(_SA_PATCH, self.root.search_attributes_enabled):
             updates = [STATUS_KEY.value_set(state)]
             if self.error_type:
                 updates.append(ERROR_TYPE_KEY.value_set(self.error_type))
             workflow.upsert_search_attributes(updates)
 
-    def _upserts(self) -> bool:
-        """Whether this run writes search attributes, decided once and recorded in history,
-        so a replay on a worker whose start-up check came out otherwise stays deterministic."""
-        if self.upserts is None:
-            if self.root.search_attributes_enabled or workflow.unsafe.is_replaying():
-                self.upserts = workflow.patched(_SA_PATCH)
+    def feature(self, patch_id: str, enabled: bool) -> bool:
+        """Whether this run uses an optional feature (search attributes, the store), decided
+        once and recorded in history, so a replay on a worker configured otherwise stays
+        deterministic."""
+        if patch_id not in self.features:
+            if enabled or workflow.unsafe.is_replaying():
+                self.features[patch_id] = workflow.patched(patch_id)
             else:
-                self.upserts = False
-        return self.upserts
+                self.features[patch_id] = False
+        return self.features[patch_id]
 
     def decide(self, esc: Escalation, decision: EscalationDecision) -> None:
         self.open.pop(esc.escalation_id, None)

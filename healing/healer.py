@@ -24,6 +24,8 @@ from temporalio.worker import (
 
 from healing.escalation import build_escalation
 from healing.integration import HINTS_HEADER, CallHints
+from healing.journal import Journal, learned_hint
+from healing.ledger import pattern_of
 from healing.types import (
     REPORT_KEY,
     ErrorType,
@@ -42,12 +44,14 @@ ADAPT_ACTIVITY = "healing_adapt_schema"
 ABORTED_TYPE = "HealingAborted"
 _REROUTABLE = {ErrorType.SERVICE_DOWN, ErrorType.CIRCUIT_OPEN}
 _SKIP = object()
+_STORE_PATCH = "healing-store"
 AnyStart = StartActivityInput | StartLocalActivityInput
 
 
 @dataclasses.dataclass
 class _Call:
     started: datetime
+    journal: Journal
     connector: str | None = None
     operation: str | None = None
     attempts: list[HealingAttempt] = dataclasses.field(default_factory=list)
@@ -56,6 +60,10 @@ class _Call:
     rerouted: list[str] = dataclasses.field(default_factory=list)
     decisions: list[str] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def first_failure(self) -> datetime:
+        return self.attempts[0].at if self.attempts else self.started
 
 
 def _report_of(err: BaseException) -> FailureReport | None:
@@ -126,7 +134,10 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         return asyncio.create_task(self._heal(input, self.next.start_local_activity))  # type: ignore[return-value]
 
     async def _heal(self, input: Any, start: Callable[[Any], Awaitable[Any]]) -> Any:
-        call = _Call(started=workflow.now())
+        state, store = self.state, self.root.store is not None
+        # Decided only when a call first needs healing: the happy path adds nothing to history.
+        journal = Journal(lambda: state.feature(_STORE_PATCH, store))
+        call = _Call(started=workflow.now(), journal=journal)
         current = input
         while True:
             try:
@@ -139,9 +150,9 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 if current is _SKIP:
                     return None
                 continue
-            return self._succeeded(call, result)
+            return await self._succeeded(call, result)
 
-    def _succeeded(self, call: _Call, result: Any) -> Any:
+    async def _succeeded(self, call: _Call, result: Any) -> Any:
         healing = result.get("healing") if isinstance(result, dict) else None
         if isinstance(healing, dict):
             counts = healing.get("counts_by_type")
@@ -159,6 +170,10 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 call, None, "decision" if call.decisions else HealingStrategy.RETRY, "healed"
             )
             self.state.set("healed")
+            heal_s = (workflow.now() - call.first_failure).total_seconds()
+            call.journal.settle(healed=True, heal_s=heal_s)
+            call.journal.event("healed", outcome="healed", duration_s=heal_s)
+            await call.journal.flush()
         return result
 
     def _note(
@@ -189,15 +204,18 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         call.connector = call.connector or report.connector
         call.operation = call.operation or report.operation
         call.errors.append(etype.value)
+        journal = call.journal
+        journal.connector, journal.operation = call.connector, call.operation
         self.state.count(report.counts_by_type)
         tried = ", ".join(f"{k} x{n}" for k, n in sorted(report.counts_by_type.items()))
-        self._note(
-            call,
-            etype,
-            cls.strategy,
-            "failed",
-            f"{report.attempts} call(s) in {report.elapsed_s:.0f}s ({tried}); {report.reason}",
-        )
+        detail = f"{report.attempts} call(s) in {report.elapsed_s:.0f}s ({tried}); {report.reason}"
+        learning = self.root.config.learning.enabled and journal.enabled
+        hint = await learned_hint(learning, cls.fingerprint, etype.value)
+        if hint is not None and not report.learned:
+            detail += f"; learned: {hint['reason']}"
+        self._note(call, etype, cls.strategy, "failed", detail)
+        pattern = pattern_of(cls, call.connector, call.operation)
+        found = {"error_type": etype, "fingerprint": cls.fingerprint}
         self.state.set("healing", etype.value)
         row = self.root.config.row(etype)
         hints = _hints(current)
@@ -205,6 +223,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
 
         if etype is ErrorType.AUTH_EXPIRED and connector and call.refreshes < row.max_attempts:
             call.refreshes += 1
+            journal.tried(pattern, HealingStrategy.REFRESH_TOKEN.value)
             problem = await self._run_healing_activity(
                 REFRESH_ACTIVITY,
                 {"connector": connector, "reason": report.reason},
@@ -212,6 +231,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             )
             if problem is None:
                 self._note(call, etype, HealingStrategy.REFRESH_TOKEN, "healed", "token refreshed")
+                journal.event("refreshed", **found, strategy="refresh_token", outcome="ok")
                 return _with_hints(current, round=hints.round + 1, budget_s=self._budget(call))
             report = report.model_copy(
                 update={
@@ -227,6 +247,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             and call.adapts < row.max_attempts
         ):
             call.adapts += 1
+            journal.tried(pattern, HealingStrategy.SCHEMA_ADAPT.value)
             mapping = {**hints.schema_mapping, **cls.schema_mapping}
             problem = await self._run_healing_activity(
                 ADAPT_ACTIVITY,
@@ -236,6 +257,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             if problem is None:
                 detail = ", ".join(f"{k}->{v}" for k, v in sorted(mapping.items()))
                 self._note(call, etype, HealingStrategy.SCHEMA_ADAPT, "healed", detail)
+                journal.event("adapted", **found, strategy="schema_adapt", outcome=detail)
                 return _with_hints(
                     current,
                     schema_mapping=mapping,
@@ -246,6 +268,8 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             untried = self._untried(call, connector)
             if untried:
                 call.rerouted.append(untried[0])
+                journal.tried(pattern, "reroute")
+                journal.event("rerouted", **found, strategy="reroute", outcome=untried[0])
                 self._note(
                     call,
                     etype,
@@ -314,6 +338,15 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         self.state.open[esc.escalation_id] = esc
         self._note(call, cls.error_type, HealingStrategy.ESCALATE, "escalated", report.reason)
         self.state.set("awaiting_decision", cls.error_type.value)
+        call.journal.settle(healed=False)
+        call.journal.event(
+            "escalated",
+            error_type=cls.error_type,
+            fingerprint=cls.fingerprint,
+            strategy="escalate",
+            outcome=report.reason,
+        )
+        await call.journal.flush()
         try:
             await workflow.wait_condition(
                 lambda: esc.escalation_id in self.state.decisions,
@@ -345,13 +378,22 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             "decided",
             f"{decision.option} by {decision.decided_by}",
         )
+        call.journal.event(
+            "decided",
+            error_type=esc.error_type,
+            fingerprint=esc.classification.fingerprint,
+            outcome=f"{decision.option} by {decision.decided_by}",
+        )
         if decision.option == "abort":
             self.state.set("failed", esc.error_type.value)
+            call.journal.event("gave_up", error_type=esc.error_type, outcome="aborted")
+            await call.journal.flush()
             raise ApplicationError(esc.explanation, type=ABORTED_TYPE, non_retryable=True)
         self.state.set("healing", esc.error_type.value)
         if decision.option == "skip":
             self._note(call, esc.error_type, "decision", "skipped")
             self.state.set("healed")
+            await call.journal.flush()
             return _SKIP
         # Every other option runs the call again with a fresh budget.
         call.started = workflow.now()

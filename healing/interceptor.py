@@ -33,6 +33,7 @@ from healing.backoff import backoff_delay
 from healing.breaker import BreakerBoard, BreakerTransition
 from healing.classify import Failure, classify_error, detect_error, load_rules
 from healing.config import HealingConfig
+from healing.eventlog import EventLog
 from healing.integration import (
     HINTS_HEADER,
     CallContext,
@@ -41,12 +42,23 @@ from healing.integration import (
     _set_current,
     integration_spec,
 )
-from healing.types import REPORT_KEY, Classification, ErrorType, FailureReport, HealingStrategy
+from healing.learning import RETRY_STRATEGIES, StrategyHint, learned_delay
+from healing.ledger import Ledger, pattern_of
+from healing.patterns import PatternCache
+from healing.store.base import Store
+from healing.types import (
+    REPORT_KEY,
+    Classification,
+    ErrorType,
+    EventKind,
+    FailureReport,
+    HealingEvent,
+    HealingStrategy,
+)
 
 logger = logging.getLogger("healing")
 
 HEALING_ACTIVITY_PREFIX = "healing_"
-_LEDGER_KEY = "healing_ledger"
 # Failures that say the upstream itself is unwell; 4xx verdicts do not trip the breaker.
 _BREAKER_TYPES = {
     ErrorType.TIMEOUT,
@@ -69,6 +81,7 @@ class SelfHealingInterceptor(Interceptor):
         config: All knobs; defaults follow the spec's matrix.
         alternatives: Reroute targets per connector (from the connector catalog).
         clock: Monotonic clock for the circuit breakers (injected in tests).
+        store: Where events and learned error patterns go; None heals from the matrix alone.
     """
 
     def __init__(
@@ -77,6 +90,7 @@ class SelfHealingInterceptor(Interceptor):
         *,
         alternatives: Mapping[str, list[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store: Store | None = None,
     ) -> None:
         self.config = config or HealingConfig()
         self.alternatives = {k: list(v) for k, v in (alternatives or {}).items()}
@@ -84,6 +98,17 @@ class SelfHealingInterceptor(Interceptor):
         self.breakers = BreakerBoard(self.config.breaker)
         self.search_attributes_enabled = self.config.search_attributes
         self.rules = load_rules(self.config)  # validated once: a bad rule fails at start-up
+        self.attach_store(store)
+
+    def attach_store(self, store: Store | None) -> None:
+        """Use ``store`` for the event log and learned patterns (None: matrix only)."""
+        self.store = store
+        self.events = EventLog(store, clock=self.clock)
+        self.patterns = PatternCache(store, self.config.learning, clock=self.clock)
+
+    @property
+    def learning(self) -> bool:
+        return self.store is not None and self.config.learning.enabled
 
     def classify(self, failure: Failure) -> Classification:
         return classify_error(failure, config=self.config, now=datetime.now(UTC), rules=self.rules)
@@ -114,13 +139,6 @@ def encode_hints(hints: CallHints) -> Payload:
     return _CONVERTER.to_payloads([hints.model_dump(mode="json")])[0]
 
 
-def _ledger(details: Any) -> dict[str, int]:
-    for item in details or ():
-        if isinstance(item, dict) and isinstance(item.get(_LEDGER_KEY), dict):
-            return {str(k): int(v) for k, v in item[_LEDGER_KEY].items()}
-    return {}
-
-
 def _log_transition(change: BreakerTransition | None) -> None:
     # Waits behind an open circuit are BENIGN and quiet: say when the circuit changes.
     if change is not None:
@@ -136,56 +154,100 @@ def _arg_field(args: Any, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+class _Call:
+    """One attempt of one integration call, as the activity side sees it."""
+
+    def __init__(self, root: SelfHealingInterceptor, input: ExecuteActivityInput) -> None:
+        spec = integration_spec(input.fn)
+        self.root = root
+        self.info = activity.info()
+        self.hints = read_hints(input.headers)
+        self.connector = (
+            self.hints.connector or (spec and spec.connector) or _arg_field(input.args, "connector")
+        )
+        self.operation = (spec and spec.operation) or _arg_field(input.args, "operation")
+        self.ledger = Ledger.from_details(self.info.heartbeat_details)
+        self.started = root.clock()
+
+    def elapsed(self) -> float:
+        # Server-side times, so time skipping and worker clock skew do not distort the budget.
+        # started_time, not current_attempt_scheduled_time: the test server sets the latter to
+        # the previous failure's time, which would hide the wait just served.
+        served = (self.info.started_time - self.info.scheduled_time).total_seconds()
+        return served + self.root.clock() - self.started
+
+    def event(
+        self,
+        kind: EventKind,
+        cls: Classification | None,
+        *,
+        strategy: str | None = None,
+        outcome: str | None = None,
+        duration_s: float | None = None,
+    ) -> None:
+        self.root.events.start()
+        self.root.events.emit(
+            HealingEvent.model_validate(
+                {
+                    "at": datetime.now(UTC),
+                    "kind": kind,
+                    "workflow_id": self.info.workflow_id or "",
+                    "connector": self.connector,
+                    "operation": self.operation,
+                    "error_type": cls.error_type if cls else None,
+                    "fingerprint": cls.fingerprint if cls else None,
+                    "strategy": strategy,
+                    "outcome": outcome,
+                    "duration_s": duration_s,
+                }
+            )
+        )
+
+
 class _ActivityInbound(ActivityInboundInterceptor):
     def __init__(self, next: ActivityInboundInterceptor, root: SelfHealingInterceptor) -> None:
         super().__init__(next)
         self.root = root
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        spec = integration_spec(input.fn)
         info = activity.info()
         if info.activity_type.startswith(HEALING_ACTIVITY_PREFIX) or (
-            spec is None and not self.root.config.heal_all_activities
+            integration_spec(input.fn) is None and not self.root.config.heal_all_activities
         ):
             return await self.next.execute_activity(input)
-        hints = read_hints(input.headers)
-        connector = (
-            hints.connector or (spec and spec.connector) or _arg_field(input.args, "connector")
-        )
-        operation = (spec and spec.operation) or _arg_field(input.args, "operation")
-        counts = _ledger(info.heartbeat_details)
-        started = self.root.clock()
-        breaker = self.root.breakers.get(connector or info.activity_type)
+        call = _Call(self.root, input)
+        breaker = self.root.breakers.get(call.connector or info.activity_type)
 
-        wait = breaker.before_call(started)
+        wait = breaker.before_call(call.started)
         if wait is not None:
             failure = Failure(
-                status_code=None,
-                headers={},
-                body=None,
                 exception="healing.CircuitOpen",
-                message=f"circuit for {connector} is open",
-                connector=connector,
-                operation=operation,
+                message=f"circuit for {call.connector} is open",
+                connector=call.connector,
+                operation=call.operation,
             )
             cls = self.root.classify(failure).model_copy(update={"retry_after_s": wait})
-            raise self._verdict(cls, counts, connector, operation, started, hints)
+            raise await self._verdict(cls, call)
 
-        ctx = CallContext(connector, operation, hints, info.attempt, counts)
+        ctx = CallContext(
+            call.connector, call.operation, call.hints, info.attempt, call.ledger.counts
+        )
         token = _set_current(ctx)
         try:
             result = await self.next.execute_activity(input)
         except ApplicationError:
             raise  # the activity chose its own verdict
         except Exception as exc:
-            found = detect_error(exc, connector=connector, operation=operation)
+            found = detect_error(exc, connector=call.connector, operation=call.operation)
             if found is None:
                 raise
             failure = found
         else:
-            detected = detect_error(result, connector=connector, operation=operation)
+            detected = detect_error(result, connector=call.connector, operation=call.operation)
             if detected is None:
                 _log_transition(breaker.record_success(self.root.clock()))
+                if call.ledger.pattern is not None:
+                    self._healed(call)
                 return result
             failure = detected
         finally:
@@ -194,34 +256,52 @@ class _ActivityInbound(ActivityInboundInterceptor):
         cls = self.root.classify(failure)
         if cls.error_type in _BREAKER_TYPES:
             _log_transition(breaker.record_failure(self.root.clock()))
-        raise self._verdict(cls, counts, connector, operation, started, hints)
+        raise await self._verdict(cls, call)
 
-    def _verdict(
-        self,
-        cls: Classification,
-        counts: dict[str, int],
-        connector: str | None,
-        operation: str | None,
-        started: float,
-        hints: CallHints,
-    ) -> ApplicationError:
+    def _healed(self, call: _Call) -> None:
+        """A success after failures: the retries healed the pattern (learning evidence)."""
+        pattern, strategy = call.ledger.pattern, call.ledger.strategy or "retry"
+        assert pattern is not None
+        heal_s = round(call.elapsed(), 3)
+        call.root.events.start()
+        call.root.events.record_outcome(pattern, strategy, healed=True, heal_s=heal_s)
+        call.event("healed", None, strategy=strategy, outcome="healed", duration_s=heal_s)
+
+    async def _hint(self, cls: Classification, call: _Call, budget: float) -> StrategyHint | None:
+        if not self.root.learning or not cls.retryable:
+            return None
+        hint = await self.root.patterns.hint(
+            cls.fingerprint,
+            self.root.config.row(cls.error_type),
+            backoff=self.root.config.backoff,
+            budget_s=budget,
+        )
+        if hint is not None and hint.skip_retries and self._explores(call):
+            return None
+        return hint
+
+    def _explores(self, call: _Call) -> bool:
+        # A few calls still retry a pattern learned as hopeless, so the evidence can change.
+        rate = self.root.config.learning.explore_rate
+        seed = f"explore:{call.info.workflow_id}:{call.info.activity_id}"
+        return rate > 0 and random.Random(seed).random() < rate
+
+    async def _verdict(self, cls: Classification, call: _Call) -> ApplicationError:
         """Turn a classification into the error the server acts on."""
         cfg = self.root.config
-        info = activity.info()
+        info = call.info
         key = cls.error_type.value
+        counts = dict(call.ledger.counts)
         if not counts and info.attempt > 1:
             # Ledger lost (local activity, or a server that drops heartbeat details on
             # failure): count every earlier attempt against this type, the safe side.
             counts = {key: info.attempt - 1}
-        counts = {**counts, key: counts.get(key, 0) + 1}
+        counts[key] = counts.get(key, 0) + 1
         used = counts[key]
-        # Server-side times, so time skipping and worker clock skew do not distort the budget.
-        # started_time, not current_attempt_scheduled_time: the test server sets the latter to
-        # the previous failure's time, which would hide the wait just served.
-        elapsed = (info.started_time - info.scheduled_time).total_seconds()
-        elapsed += self.root.clock() - started
-        budget = cfg.healing_budget_s if hints.budget_s is None else hints.budget_s
-        delay = self._delay(cls, used, info)
+        elapsed = call.elapsed()
+        budget = cfg.healing_budget_s if call.hints.budget_s is None else call.hints.budget_s
+        hint = await self._hint(cls, call, budget)
+        delay = learned_delay(hint, self._backoff(used, info), retry_after=cls.retry_after_s)
 
         reason = ""
         if not cls.retryable:
@@ -231,6 +311,8 @@ class _ActivityInbound(ActivityInboundInterceptor):
         elif cls.strategy in _WORKFLOW_STRATEGIES:
             # Retrying with the same token or schema cannot work: hand over at once.
             reason = f"{key} needs {_WORKFLOW_STRATEGIES[cls.strategy]}"
+        elif hint is not None and hint.skip_retries:
+            reason = f"learned: {hint.reason}"
         elif used > cls.max_attempts:
             reason = f"the retry budget for {key} is spent ({cls.max_attempts} retries)"
         elif cls.retry_after_s is not None and cls.retry_after_s > cfg.max_retry_after_s:
@@ -238,23 +320,33 @@ class _ActivityInbound(ActivityInboundInterceptor):
         elif elapsed + delay > budget:
             reason = f"the healing budget of {budget:.0f}s would be exceeded"
 
+        pattern = pattern_of(cls, call.connector, call.operation)
+        strategy = cls.strategy.value
+        ledger = Ledger(counts=counts, pattern=pattern, strategy=strategy)
         if not info.is_local:
             # Survives to the next attempt: per-type budgets hold across server retries.
-            activity.heartbeat({_LEDGER_KEY: counts})
-        message = cls.message or key
+            activity.heartbeat(ledger.to_detail())
+        call.event("classified", cls, strategy=strategy, outcome=cls.rule)
+        if reason and used > 1 and strategy in RETRY_STRATEGIES:
+            # Retries were tried on this pattern and did not heal it: learning evidence.
+            self.root.events.record_outcome(pattern, strategy, healed=False)
         report = {
             REPORT_KEY: FailureReport(
                 classification=cls,
-                connector=connector,
-                operation=operation,
+                connector=call.connector,
+                operation=call.operation,
                 attempts=info.attempt,
                 counts_by_type=counts,
                 elapsed_s=round(elapsed, 3),
                 reason=reason or "the activity's retry policy stopped retrying",
+                learned=hint.reason if hint is not None else None,
             ).model_dump(mode="json")
         }
+        message = cls.message or key
         if reason:
+            call.event("gave_up", cls, strategy=strategy, outcome=reason, duration_s=elapsed)
             return ApplicationError(f"{message} ({reason})", report, type=key, non_retryable=True)
+        call.event("attempt", cls, strategy=strategy, outcome=f"retry in {delay:.2f}s")
         category = (
             ApplicationErrorCategory.BENIGN
             if cls.benign or cls.error_type in (ErrorType.RATE_LIMITED, ErrorType.CIRCUIT_OPEN)
@@ -269,10 +361,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
             category=category,
         )
 
-    def _delay(self, cls: Classification, used: int, info: activity.Info) -> float:
-        """Retry-After when the service gives one, else jittered exponential backoff."""
-        if cls.retry_after_s is not None:
-            return max(cls.retry_after_s, 0.0)
+    def _backoff(self, used: int, info: activity.Info) -> float:
         # Seeded per call and attempt: reproducible, yet callers do not retry in lockstep.
         rng = random.Random(f"{info.workflow_id}:{info.activity_id}:{info.attempt}")
         return backoff_delay(used, self.root.config.backoff, rng)

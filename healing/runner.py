@@ -166,7 +166,9 @@ async def run_worker(address: str, namespace: str, *, stop: asyncio.Event | None
     config = load_config()
     catalog = load_connectors(config)
     tokens = token_refresher(config, catalog)
-    plugin = HealingPlugin(config, alternatives=catalog.alternatives(), tokens=tokens)
+    plugin = HealingPlugin(
+        config, alternatives=catalog.alternatives(), tokens=tokens, store=config.store
+    )
     client = await connect(address, namespace, plugin)
     worker, acts = build_worker(client, config, catalog, tokens=tokens)
     stop = stop or asyncio.Event()

@@ -226,3 +226,5 @@ class FailureReport(_Frozen):
     counts_by_type: dict[str, int] = Field(default_factory=dict)
     elapsed_s: float = 0.0
     reason: str = ""
+    learned: str | None = None
+    """The learned hint that shaped this verdict, in words (None: the matrix alone)."""

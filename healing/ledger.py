@@ -1,0 +1,64 @@
+"""The ledger of one call: what its earlier attempts met, carried in heartbeat details.
+
+Heartbeat details survive to the next attempt of the same activity, so per-type retry
+budgets hold across server-paced retries, and a success after failures knows which error
+pattern it healed (for the learning layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from healing.classify import message_template
+from healing.types import Classification, ErrorPattern
+
+LEDGER_KEY = "healing_ledger"
+
+
+@dataclass
+class Ledger:
+    counts: dict[str, int] = field(default_factory=dict)
+    """Failures so far by error type."""
+    pattern: ErrorPattern | None = None
+    """The latest failure's pattern."""
+    strategy: str | None = None
+    """The strategy applied to the latest failure."""
+
+    @classmethod
+    def from_details(cls, details: Any) -> Ledger:
+        for item in details or ():
+            raw = item.get(LEDGER_KEY) if isinstance(item, dict) else None
+            if isinstance(raw, dict):
+                try:
+                    counts = {str(k): int(v) for k, v in dict(raw.get("counts", {})).items()}
+                    pattern = raw.get("pattern")
+                    return cls(
+                        counts=counts,
+                        pattern=ErrorPattern.model_validate(pattern) if pattern else None,
+                        strategy=raw.get("strategy"),
+                    )
+                except (TypeError, ValueError):
+                    return cls()  # a foreign or corrupt detail: start afresh
+        return cls()
+
+    def to_detail(self) -> dict[str, Any]:
+        return {
+            LEDGER_KEY: {
+                "counts": self.counts,
+                "pattern": self.pattern.model_dump(mode="json") if self.pattern else None,
+                "strategy": self.strategy,
+            }
+        }
+
+
+def pattern_of(cls: Classification, connector: str | None, operation: str | None) -> ErrorPattern:
+    return ErrorPattern(
+        fingerprint=cls.fingerprint,
+        connector=connector or "",
+        operation=operation or "",
+        error_type=cls.error_type,
+        status_code=cls.status_code,
+        vendor_code=cls.vendor_code,
+        template=message_template(cls.message),
+    )
