@@ -124,7 +124,7 @@ STATUS_CASES: list[tuple[StatusFault, int, dict[str, str], Callable[[Any], bool]
     (
         StatusFault(status=401, vendor="salesforce"),
         401,
-        {"sforce-limit-info": "api-usage=14990/15000"},
+        {"sforce-limit-info": "api-usage=1200/15000"},
         lambda b: (
             b == [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
         ),

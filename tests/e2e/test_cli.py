@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ from healing.config import BackoffPolicy, HealingConfig
 from healing.devserver import DevServer, find_free_port, find_temporal_cli
 from healing.plugin import HealingPlugin
 from healing.runner import build_worker, connect
+from healing.store import connect_store
 from healing.testing import ChaosAPI, FaultPlan, FaultRule, StatusFault
+from healing.types import ErrorPattern, ErrorType, HealingEvent
 from tests.e2e.helpers import crm_catalog, get_contact, healing, run, wait_until_awaiting
 
 NOT_FOUND = StatusFault(status=404, vendor="hubspot")
@@ -93,9 +96,52 @@ def test_broken_config_is_named(
     assert "Traceback" not in err
 
 
-def test_patterns_says_learning_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
+def test_patterns_and_events_read_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/healing.db"
+    monkeypatch.setenv("HEALING_STORE", url)
     assert main(["patterns"]) == 0
-    assert "learning store not configured" in capsys.readouterr().out
+    assert "no error patterns learned yet" in capsys.readouterr().out
+
+    async def seed() -> None:
+        store = await connect_store(url)
+        pattern = ErrorPattern(
+            fingerprint="fp-dead-crm",
+            connector="crm",
+            operation="get_contact",
+            error_type=ErrorType.SERVICE_DOWN,
+            status_code=503,
+        )
+        for healed in (False, False, True):
+            await store.record_outcome(pattern, "retry_then_reroute", healed=healed, heal_s=2.0)
+        await store.record_events(
+            [
+                HealingEvent(
+                    at=datetime.now(UTC),
+                    kind="gave_up",
+                    workflow_id="wf-seeded",
+                    connector="crm",
+                    operation="get_contact",
+                    error_type=ErrorType.SERVICE_DOWN,
+                    fingerprint="fp-dead-crm",
+                    outcome="the retry budget for SERVICE_DOWN is spent",
+                )
+            ]
+        )
+        await store.close()
+
+    asyncio.run(seed())
+    assert main(["patterns"]) == 0
+    out = capsys.readouterr().out
+    assert "fp-dead-crm" in out and "crm.get_contact" in out and "retry_then_reroute 1/3" in out
+    assert main(["patterns", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["seen"] == 3 and listed["strategies"][0]["tries"] == 3
+    assert main(["events", "--workflow-id", "wf-seeded"]) == 0
+    assert "retry budget for SERVICE_DOWN is spent" in capsys.readouterr().out
+    assert main(["events", "--workflow-id", "nobody"]) == 0
+    assert "no healing events match" in capsys.readouterr().out
 
 
 def test_credentials_never_print_or_store_tokens_in_clear(
