@@ -229,6 +229,9 @@ class _ActivityInbound(ActivityInboundInterceptor):
             cls = self.root.classify(failure).model_copy(update={"retry_after_s": wait})
             raise await self._verdict(cls, call)
 
+        # The breaker judges calls, not attempts: a call's own retries would let a few unlucky
+        # calls look like an outage. Outcomes while it is not closed are probes: they count.
+        counts_for_breaker = info.attempt == 1 or breaker.state != "closed"
         ctx = CallContext(
             call.connector, call.operation, call.hints, info.attempt, call.ledger.counts
         )
@@ -245,7 +248,8 @@ class _ActivityInbound(ActivityInboundInterceptor):
         else:
             detected = detect_error(result, connector=call.connector, operation=call.operation)
             if detected is None:
-                _log_transition(breaker.record_success(self.root.clock()))
+                if counts_for_breaker:
+                    _log_transition(breaker.record_success(self.root.clock()))
                 if call.ledger.pattern is not None:
                     self._healed(call)
                 return result
@@ -254,7 +258,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
             _reset_current(token)
 
         cls = self.root.classify(failure)
-        if cls.error_type in _BREAKER_TYPES:
+        if counts_for_breaker and cls.error_type in _BREAKER_TYPES:
             _log_transition(breaker.record_failure(self.root.clock()))
         raise await self._verdict(cls, call)
 
@@ -313,8 +317,13 @@ class _ActivityInbound(ActivityInboundInterceptor):
             reason = f"{key} needs {_WORKFLOW_STRATEGIES[cls.strategy]}"
         elif hint is not None and hint.skip_retries:
             reason = f"learned: {hint.reason}"
-        elif used > cls.max_attempts:
-            reason = f"the retry budget for {key} is spent ({cls.max_attempts} retries)"
+        elif used > cls.max_attempts and cls.error_type is not ErrorType.CIRCUIT_OPEN:
+            # Waiting behind an open circuit sends nothing upstream: the budget bounds it.
+            circuit_wait = self._circuit_wait(cls, call)
+            if circuit_wait is not None and elapsed + circuit_wait <= budget:
+                delay = circuit_wait  # the connector is down for everyone: wait it out
+            else:
+                reason = f"the retry budget for {key} is spent ({cls.max_attempts} retries)"
         elif cls.retry_after_s is not None and cls.retry_after_s > cfg.max_retry_after_s:
             reason = f"the service asks to wait {cls.retry_after_s:.0f}s, past the limit"
         elif elapsed + delay > budget:
@@ -360,6 +369,18 @@ class _ActivityInbound(ActivityInboundInterceptor):
             next_retry_delay=timedelta(seconds=delay),
             category=category,
         )
+
+    def _circuit_wait(self, cls: Classification, call: _Call) -> float | None:
+        """Seconds until the connector's open circuit lets a probe through, if it is open."""
+        if cls.error_type not in _BREAKER_TYPES:
+            return None
+        breaker = self.root.breakers.get(call.connector or call.info.activity_type)
+        if breaker.state == "closed":
+            return None
+        snap = breaker.snapshot(self.root.clock())
+        if snap.retry_at is None:
+            return None
+        return max(snap.retry_at - self.root.clock(), 0.0) + self._backoff(1, call.info)
 
     def _backoff(self, used: int, info: activity.Info) -> float:
         # Seeded per call and attempt: reproducible, yet callers do not retry in lockstep.
