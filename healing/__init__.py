@@ -7,7 +7,7 @@ to a human otherwise.
 
 from healing.activities import HealingActivities, healing_activities
 from healing.classify import Failure, classify_error, detect_error
-from healing.config import BackoffPolicy, BreakerPolicy, HealingConfig
+from healing.config import BackoffPolicy, BreakerPolicy, HealingConfig, LearningPolicy
 from healing.errors import (
     ConfigError,
     CredentialError,
@@ -64,6 +64,7 @@ __all__ = [
     "HealingStatus",
     "HealingStrategy",
     "IntegrationFailure",
+    "LearningPolicy",
     "SchemaMismatch",
     "SelfHealingInterceptor",
     "classify_error",

@@ -60,6 +60,7 @@ class _Call:
     rerouted: list[str] = dataclasses.field(default_factory=list)
     decisions: list[str] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
+    fingerprint: str | None = None
 
     @property
     def first_failure(self) -> datetime:
@@ -171,8 +172,16 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             )
             self.state.set("healed")
             heal_s = (workflow.now() - call.first_failure).total_seconds()
+            last = call.attempts[0]
+            call.journal.event(
+                "healed",
+                error_type=last.error_type,
+                fingerprint=call.fingerprint,
+                strategy=call.journal.pending[-1][1] if call.journal.pending else None,
+                outcome="healed",
+                duration_s=heal_s,
+            )
             call.journal.settle(healed=True, heal_s=heal_s)
-            call.journal.event("healed", outcome="healed", duration_s=heal_s)
             await call.journal.flush()
         return result
 
@@ -204,6 +213,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         call.connector = call.connector or report.connector
         call.operation = call.operation or report.operation
         call.errors.append(etype.value)
+        call.fingerprint = cls.fingerprint
         journal = call.journal
         journal.connector, journal.operation = call.connector, call.operation
         self.state.count(report.counts_by_type)

@@ -49,6 +49,7 @@ from healing.store.base import Store
 from healing.types import (
     REPORT_KEY,
     Classification,
+    ErrorPattern,
     ErrorType,
     EventKind,
     FailureReport,
@@ -179,7 +180,7 @@ class _Call:
     def event(
         self,
         kind: EventKind,
-        cls: Classification | None,
+        cls: Classification | ErrorPattern | None,
         *,
         strategy: str | None = None,
         outcome: str | None = None,
@@ -269,7 +270,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
         heal_s = round(call.elapsed(), 3)
         call.root.events.start()
         call.root.events.record_outcome(pattern, strategy, healed=True, heal_s=heal_s)
-        call.event("healed", None, strategy=strategy, outcome="healed", duration_s=heal_s)
+        call.event("healed", pattern, strategy=strategy, outcome="healed", duration_s=heal_s)
 
     async def _hint(self, cls: Classification, call: _Call, budget: float) -> StrategyHint | None:
         if not self.root.learning or not cls.retryable:

@@ -20,7 +20,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from healing.activities import Refresher, healing_activities
 from healing.config import HealingConfig
 from healing.interceptor import SelfHealingInterceptor
-from healing.store import Store, connect_store, parse_store_url
+from healing.store import Store
 
 logger = logging.getLogger("healing")
 
@@ -58,8 +58,9 @@ class HealingPlugin(SimplePlugin):
         config: Healing knobs; defaults follow the spec.
         alternatives: Reroute targets per connector (``catalog.alternatives()``).
         tokens: Credential refresher used by the refresh activity.
-        store: Where events and learned patterns go: a Store, or a ``HEALING_STORE`` URL
-            opened (and migrated) when the worker starts; None heals from the matrix alone.
+        store: Where events and learned patterns go (``await healing.store.connect_store(url)``
+            opens and migrates one before the worker is built, so a bad ``HEALING_STORE``
+            fails first); None heals from the matrix alone.
     """
 
     def __init__(
@@ -68,16 +69,11 @@ class HealingPlugin(SimplePlugin):
         *,
         alternatives: dict[str, list[str]] | None = None,
         tokens: Refresher | None = None,
-        store: Store | str | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config or HealingConfig()
-        self.store_url = store if isinstance(store, str) else None
-        if self.store_url is not None:
-            parse_store_url(self.store_url)  # a malformed URL fails here, not at first use
         self.interceptor = SelfHealingInterceptor(
-            self.config,
-            alternatives=alternatives,
-            store=None if isinstance(store, str) else store,
+            self.config, alternatives=alternatives, store=store
         )
         acts = healing_activities(self.config, tokens=tokens, interceptor=self.interceptor)
         super().__init__(
@@ -103,19 +99,13 @@ class HealingPlugin(SimplePlugin):
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
         if self.config.search_attributes:
             await self._check_search_attributes(worker.client)
-        opened = None
-        if self.store_url is not None and self.interceptor.store is None:
-            # Fails at start, naming HEALING_STORE, when the database cannot be used.
-            opened = await connect_store(self.store_url)
-            self.interceptor.attach_store(opened)
         self.interceptor.events.start()
         try:
             await super().run_worker(worker, next)
         finally:
+            # Writes what the event log still holds; the store itself belongs to the caller.
             await self.interceptor.events.aclose()
-            if opened is not None:
-                self.interceptor.attach_store(None)
-                await opened.close()
+            self.interceptor.attach_store(self.interceptor.store)  # fresh log for a next run
 
     async def _check_search_attributes(self, client: temporalio.client.Client) -> None:
         try:

@@ -26,6 +26,7 @@ from healing.credentials import FileCredentialStore, OAuthClient
 from healing.errors import ConfigError, HealingError
 from healing.oauth import TokenRefresher
 from healing.plugin import HealingPlugin
+from healing.store import connect_store
 
 if TYPE_CHECKING:
     import httpx
@@ -166,9 +167,9 @@ async def run_worker(address: str, namespace: str, *, stop: asyncio.Event | None
     config = load_config()
     catalog = load_connectors(config)
     tokens = token_refresher(config, catalog)
-    plugin = HealingPlugin(
-        config, alternatives=catalog.alternatives(), tokens=tokens, store=config.store
-    )
+    # Opened before the worker exists: a bad HEALING_STORE fails here, naming the variable.
+    store = await connect_store(config.store)
+    plugin = HealingPlugin(config, alternatives=catalog.alternatives(), tokens=tokens, store=store)
     client = await connect(address, namespace, plugin)
     worker, acts = build_worker(client, config, catalog, tokens=tokens)
     stop = stop or asyncio.Event()
@@ -189,3 +190,4 @@ async def run_worker(address: str, namespace: str, *, stop: asyncio.Event | None
         await acts.aclose()
         if tokens is not None:
             await tokens.aclose()
+        await store.close()
