@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from healing.store.base import PatternStats, StrategyStats
+from healing.store.base import EventFilter, PatternStats, StrategyStats
 from healing.types import ErrorPattern, HealingEvent
 
 EVENT_COLUMNS = (
@@ -152,3 +152,25 @@ def pattern_stats(
             )
         )
     return result
+
+
+def events_query(
+    f: EventFilter, placeholder: str, when: Callable[[datetime], Any]
+) -> tuple[str, list[Any]]:
+    """SQL and arguments for ``recent_events`` (``placeholder``: ``%s`` or ``?``)."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column in ("workflow_id", "connector", "error_type", "kind", "fingerprint"):
+        value = getattr(f, column)
+        if value is not None:
+            where.append(f"{column} = {placeholder}")
+            args.append(str(value))
+    if f.since is not None:
+        where.append(f"at >= {placeholder}")
+        args.append(when(f.since))
+    sql = f"select {', '.join(EVENT_COLUMNS)} from healing_events"
+    if where:
+        sql += " where " + " and ".join(where)
+    sql += f" order by at desc, id desc limit {placeholder}"
+    args.append(f.limit)
+    return sql, args

@@ -196,22 +196,7 @@ class PostgresStore:
                 await conn.execute("select healing_record_events(%s)", (payload,))
 
     async def recent_events(self, filter: EventFilter | None = None) -> list[HealingEvent]:
-        f = filter or EventFilter()
-        where: list[str] = []
-        args: list[Any] = []
-        for column in ("workflow_id", "connector", "error_type", "kind", "fingerprint"):
-            value = getattr(f, column)
-            if value is not None:
-                where.append(f"{column} = %s")
-                args.append(str(value))
-        if f.since is not None:
-            where.append("at >= %s")
-            args.append(_rows.utc(f.since))
-        sql = f"select {', '.join(_rows.EVENT_COLUMNS)} from healing_events"
-        if where:
-            sql += " where " + " and ".join(where)
-        sql += " order by at desc, id desc limit %s"
-        args.append(f.limit)
+        sql, args = _rows.events_query(filter or EventFilter(), "%s", _rows.utc)
         async with self._connection() as conn:
             cur = await conn.execute(sql, args)
             return [_rows.event_from_row(row) for row in await cur.fetchall()]

@@ -202,22 +202,7 @@ class SQLiteStore:
             )
 
     async def recent_events(self, filter: EventFilter | None = None) -> list[HealingEvent]:
-        f = filter or EventFilter()
-        where: list[str] = []
-        args: list[Any] = []
-        for column in ("workflow_id", "connector", "error_type", "kind", "fingerprint"):
-            value = getattr(f, column)
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(str(value))
-        if f.since is not None:
-            where.append("at >= ?")
-            args.append(_rows.iso(f.since))
-        sql = f"select {', '.join(_rows.EVENT_COLUMNS)} from healing_events"
-        if where:
-            sql += " where " + " and ".join(where)
-        sql += " order by at desc, id desc limit ?"
-        args.append(str(f.limit))
+        sql, args = _rows.events_query(filter or EventFilter(), "?", _rows.iso)
 
         def run(conn: sqlite3.Connection) -> list[HealingEvent]:
             return [_rows.event_from_row(dict(row)) for row in conn.execute(sql, args)]

@@ -31,7 +31,6 @@ from temporalio.worker import Worker
 
 from activities import IntegrationActivities
 from healing import BackoffPolicy, BreakerPolicy, HealingConfig, HealingPlugin, detect_error
-from healing.catalog import ConnectorCatalog
 from healing.client import decide
 from healing.config import LearningPolicy
 from healing.devserver import DevServer
@@ -41,7 +40,7 @@ from healing.ledger import pattern_of
 from healing.store import Store, connect_store
 from healing.testing import ChaosAPI, ChaosThread, FaultPlan, FaultRule, ResetFault, StatusFault
 from healing.types import Classification, ErrorType, HealingEvent, HealingStatus
-from tests.e2e.helpers import healing_command, run
+from tests.e2e.helpers import crm_catalog, healing_command, run
 from tests.temporal.harness import Harness, Scripted, fail
 from workflows import IntegrationInput, IntegrationWorkflow, Step
 
@@ -104,17 +103,7 @@ async def rig(dev_server: DevServer, tmp_path: Path) -> AsyncIterator[Rig]:
     db = tmp_path / "healing.db"
     store = await connect_store(f"sqlite:///{db}")  # absolute path: sqlite:////tmp/...
     chaos = ChaosAPI(PLAN).start_in_thread()
-    catalog = ConnectorCatalog.from_dict(
-        {
-            "connectors": {
-                "crm": {
-                    "base_url": chaos.url,
-                    "timeout_s": 2,
-                    "operations": {"get_contact": {"method": "GET", "path": "/contacts/{id}"}},
-                }
-            }
-        }
-    )
+    catalog = crm_catalog(chaos.url, timeout_s=2)
     # No plugin on the client: a client's plugins also apply to its workers, and this worker
     # must carry exactly one HealingPlugin (the one with the store).
     client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)

@@ -25,13 +25,13 @@ from temporalio.worker import Worker
 
 from activities import IntegrationActivities
 from healing import BackoffPolicy, BreakerPolicy, HealingConfig, HealingPlugin
-from healing.catalog import ConnectorCatalog
 from healing.config import LearningPolicy
 from healing.devserver import DevServer
 from healing.eventlog import EventLogStats
 from healing.store import EventFilter, PostgresStore
 from healing.testing import ChaosAPI, FaultPlan, FaultRule, StatusFault
 from tests.conftest import PgServer
+from tests.e2e.helpers import crm_catalog
 from tests.store.pgcluster import PASSWORD
 from workflows import IntegrationInput, IntegrationWorkflow, Step
 
@@ -85,17 +85,7 @@ async def test_store_outage_mid_run_blocks_nothing_and_writing_resumes(
     store = PostgresStore(pg_url, timeout=1, connect_timeout=2, reconnect_timeout=5)
     await store.migrate()
     chaos = ChaosAPI(PLAN).start_in_thread()
-    catalog = ConnectorCatalog.from_dict(
-        {
-            "connectors": {
-                "crm": {
-                    "base_url": chaos.url,
-                    "timeout_s": 2,
-                    "operations": {"get_contact": {"method": "GET", "path": "/contacts/{id}"}},
-                }
-            }
-        }
-    )
+    catalog = crm_catalog(chaos.url, timeout_s=2)
     client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
     plugin = HealingPlugin(CONFIG, store=store)
     events = plugin.interceptor.events

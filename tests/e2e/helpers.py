@@ -60,11 +60,11 @@ async def wait_until_awaiting(client: Client, workflow_id: str, within: float = 
     raise AssertionError(f"{workflow_id} opened no escalation within {within}s")
 
 
-def crm_catalog(url: str) -> ConnectorCatalog:
+def crm_catalog(url: str, *, timeout_s: float = 5) -> ConnectorCatalog:
     """``crm`` with ``get_contact`` at ``url`` (a ChaosAPI)."""
     operations = {"get_contact": {"method": "GET", "path": "/contacts/{id}"}}
     return ConnectorCatalog.from_dict(
-        {"connectors": {"crm": {"base_url": url, "timeout_s": 5, "operations": operations}}}
+        {"connectors": {"crm": {"base_url": url, "timeout_s": timeout_s, "operations": operations}}}
     )
 
 
