@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from healing.errors import DecisionError
+from pydantic import BaseModel, ValidationError
+
+from healing.errors import DecisionError, validation_problems
 from healing.types import (
     Classification,
     DecisionOptionName,
@@ -189,3 +192,39 @@ def check_decision(
             f"alternative {decision.alternative!r} is not one of {', '.join(esc.alternatives)}"
         )
     return esc
+
+
+def _deep_merge(base: Any, patch: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base) if isinstance(base, dict) else {}
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_patch(args: Sequence[Any], patch: dict[str, Any]) -> list[Any]:
+    """A call's arguments with a human's ``input_patch`` deep-merged into the first one.
+
+    Raises:
+        DecisionError: the first argument is neither a dict nor a model, or the patched
+            argument no longer validates (the message names the fields).
+    """
+    items = list(args)
+    if not items:
+        raise DecisionError("edit_and_retry needs a call with an argument to patch")
+    first = items[0]
+    if isinstance(first, BaseModel):
+        try:
+            items[0] = type(first).model_validate(_deep_merge(first.model_dump(), patch))
+        except ValidationError as exc:
+            problems = validation_problems(exc, root="input")
+            raise DecisionError(f"input_patch does not fit the call's input ({problems})") from None
+    elif isinstance(first, dict):
+        items[0] = _deep_merge(first, patch)
+    else:
+        raise DecisionError(
+            f"edit_and_retry needs a dict or pydantic first argument, not {type(first).__name__}"
+        )
+    return items

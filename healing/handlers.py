@@ -19,7 +19,7 @@ from temporalio.worker import (
 )
 
 from healing.errors import DecisionError, validation_problems
-from healing.escalation import check_decision, to_markdown
+from healing.escalation import apply_patch, check_decision, to_markdown
 from healing.types import (
     Escalation,
     EscalationDecision,
@@ -52,6 +52,8 @@ class WorkflowHealing:
         self.decisions: dict[str, EscalationDecision] = {}
         self.touched = False
         self.features: dict[str, bool] = {}
+        self.args: dict[str, list[Any]] = {}
+        """Each open escalation's call arguments, to check an edit before accepting it."""
 
     def snapshot(self) -> HealingStatus:
         return HealingStatus(
@@ -99,8 +101,16 @@ class WorkflowHealing:
                 self.features[patch_id] = False
         return self.features[patch_id]
 
+    def check(self, decision: EscalationDecision) -> Escalation:
+        """The escalation a decision answers; DecisionError says why it cannot be applied."""
+        esc = check_decision(decision, list(self.open.values()))
+        if decision.option == "edit_and_retry":
+            apply_patch(self.args.get(esc.escalation_id, []), decision.input_patch or {})
+        return esc
+
     def decide(self, esc: Escalation, decision: EscalationDecision) -> None:
         self.open.pop(esc.escalation_id, None)
+        self.args.pop(esc.escalation_id, None)
         self.decisions[esc.escalation_id] = decision
 
 
@@ -136,19 +146,19 @@ class _WorkflowInbound(WorkflowInboundInterceptor):
         def on_signal(raw: Any = None) -> None:
             try:
                 decision = _parse_decision(raw)
-                state.decide(check_decision(decision, list(state.open.values())), decision)
+                state.decide(state.check(decision), decision)
             except DecisionError as exc:
                 workflow.logger.warning("ignoring %s signal: %s", SIGNAL, exc)
 
         def validate(raw: Any = None) -> None:
             try:
-                check_decision(_parse_decision(raw), list(state.open.values()))
+                state.check(_parse_decision(raw))
             except DecisionError as exc:
                 raise ValueError(str(exc)) from None
 
         def on_update(raw: Any = None) -> dict[str, Any]:
             decision = _parse_decision(raw)
-            esc = check_decision(decision, list(state.open.values()))
+            esc = state.check(decision)
             state.decide(esc, decision)
             return {"accepted": True, "escalation_id": esc.escalation_id, "option": decision.option}
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -22,7 +22,8 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from healing.escalation import build_escalation
+from healing.errors import DecisionError
+from healing.escalation import apply_patch, build_escalation
 from healing.integration import HINTS_HEADER, CallHints
 from healing.journal import Journal, learned_hint
 from healing.ledger import pattern_of
@@ -45,6 +46,13 @@ ABORTED_TYPE = "HealingAborted"
 _REROUTABLE = {ErrorType.SERVICE_DOWN, ErrorType.CIRCUIT_OPEN}
 _SKIP = object()
 _STORE_PATCH = "healing-store"
+_LEARN_PATCH = "healing-learning"
+_HEALING_RETRIES = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_attempts=5,
+    non_retryable_error_types=["GrantRevoked"],
+)
 AnyStart = StartActivityInput | StartLocalActivityInput
 
 
@@ -61,6 +69,8 @@ class _Call:
     decisions: list[str] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
     fingerprint: str | None = None
+    alternatives: list[str] = dataclasses.field(default_factory=list)
+    report: FailureReport = dataclasses.field(default=None)  # type: ignore[assignment]
 
     @property
     def first_failure(self) -> datetime:
@@ -91,31 +101,6 @@ def _with_hints(inp: AnyStart, **changes: Any) -> AnyStart:
 
     hints = _hints(inp).model_copy(update=changes)
     return dataclasses.replace(inp, headers={**inp.headers, HINTS_HEADER: encode_hints(hints)})
-
-
-def _deep_merge(base: Any, patch: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base) if isinstance(base, dict) else {}
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _patch_args(args: Any, patch: dict[str, Any]) -> list[Any]:
-    """Merge a human's input_patch into the call's first argument (a dict or a model)."""
-    items = list(args)
-    if not items:
-        return items
-    first = items[0]
-    if isinstance(first, BaseModel):
-        items[0] = type(first).model_validate(_deep_merge(first.model_dump(), patch))
-    elif isinstance(first, dict):
-        items[0] = _deep_merge(first, patch)
-    else:
-        raise ApplicationError("edit_and_retry needs a dict or pydantic first argument")
-    return items
 
 
 class HealingOutbound(WorkflowOutboundInterceptor):
@@ -208,18 +193,25 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         self.state.record(attempt)
 
     async def _recover(self, current: Any, call: _Call, report: FailureReport) -> Any:
+        call.report = report
         cls = report.classification
         etype = cls.error_type
         call.connector = call.connector or report.connector
         call.operation = call.operation or report.operation
         call.errors.append(etype.value)
         call.fingerprint = cls.fingerprint
+        call.alternatives = call.alternatives or list(report.alternatives)
+        if current.activity_id is None and report.activity_id:
+            # Restarts keep the first schedule's id, so its idempotency key stays the same.
+            current = dataclasses.replace(current, activity_id=report.activity_id)
         journal = call.journal
         journal.connector, journal.operation = call.connector, call.operation
         self.state.count(report.counts_by_type)
         tried = ", ".join(f"{k} x{n}" for k, n in sorted(report.counts_by_type.items()))
         detail = f"{report.attempts} call(s) in {report.elapsed_s:.0f}s ({tried}); {report.reason}"
-        learning = self.root.config.learning.enabled and journal.enabled
+        learning = journal.enabled and self.state.feature(
+            _LEARN_PATCH, self.root.config.learning.enabled
+        )
         hint = await learned_hint(learning, cls.fingerprint, etype.value)
         if hint is not None and not report.learned:
             detail += f"; learned: {hint['reason']}"
@@ -227,11 +219,11 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         pattern = pattern_of(cls, call.connector, call.operation)
         found = {"error_type": etype, "fingerprint": cls.fingerprint}
         self.state.set("healing", etype.value)
-        row = self.root.config.row(etype)
         hints = _hints(current)
         connector = hints.connector or call.connector
 
-        if etype is ErrorType.AUTH_EXPIRED and connector and call.refreshes < row.max_attempts:
+        # Bounds come from the recorded classification, not live config: replays decide alike.
+        if etype is ErrorType.AUTH_EXPIRED and connector and call.refreshes < cls.max_attempts:
             call.refreshes += 1
             journal.tried(pattern, HealingStrategy.REFRESH_TOKEN.value)
             problem = await self._run_healing_activity(
@@ -243,18 +235,19 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 self._note(call, etype, HealingStrategy.REFRESH_TOKEN, "healed", "token refreshed")
                 journal.event("refreshed", **found, strategy="refresh_token", outcome="ok")
                 return _with_hints(current, round=hints.round + 1, budget_s=self._budget(call))
-            report = report.model_copy(
-                update={
-                    "classification": cls.model_copy(
-                        update={"error_type": ErrorType.AUTH_INVALID, "retryable": False}
-                    ),
-                    "reason": f"refreshing the credentials failed: {problem}",
-                }
-            )
+            message, kind = problem
+            update: dict[str, Any] = {"reason": f"refreshing the credentials failed: {message}"}
+            if kind == "GrantRevoked":
+                # Only a dead grant needs a human to reauthorize; a flaky token endpoint
+                # stays AUTH_EXPIRED (retry or wait).
+                update["classification"] = cls.model_copy(
+                    update={"error_type": ErrorType.AUTH_INVALID, "retryable": False}
+                )
+            report = report.model_copy(update=update)
         elif (
             etype is ErrorType.SCHEMA_MISMATCH
             and cls.schema_mapping
-            and call.adapts < row.max_attempts
+            and call.adapts < cls.max_attempts
         ):
             call.adapts += 1
             journal.tried(pattern, HealingStrategy.SCHEMA_ADAPT.value)
@@ -296,12 +289,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         return await self._escalate(current, call, report)
 
     def _untried(self, call: _Call, connector: str) -> list[str]:
-        base = call.connector or connector
-        return [
-            a
-            for a in self.root.alternatives.get(base, [])
-            if a not in call.rerouted and a != connector
-        ]
+        return [a for a in call.alternatives if a not in call.rerouted and a != connector]
 
     def _budget(self, call: _Call) -> float:
         spent = (workflow.now() - call.started).total_seconds()
@@ -309,8 +297,8 @@ class HealingOutbound(WorkflowOutboundInterceptor):
 
     async def _run_healing_activity(
         self, name: str, arg: dict[str, Any], summary: str
-    ) -> str | None:
-        """Run a healing activity; None when it worked, else what went wrong (for the human)."""
+    ) -> tuple[str, str | None] | None:
+        """Run a healing activity; None when it worked, else (what went wrong, error type)."""
         try:
             await workflow.execute_activity(
                 name,
@@ -318,14 +306,15 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 start_to_close_timeout=timedelta(
                     seconds=self.root.config.healing_activity_timeout_s
                 ),
-                retry_policy=RetryPolicy(
-                    maximum_attempts=3, non_retryable_error_types=["GrantRevoked"]
-                ),
+                # Spans a token endpoint's short outage (and the refresher's 30 s cooldown).
+                retry_policy=_HEALING_RETRIES,
                 summary=summary,
             )
         except ActivityError as err:
             cause = err.cause
-            return str(cause.message if isinstance(cause, ApplicationError) else err)
+            if isinstance(cause, ApplicationError):
+                return cause.message, cause.type
+            return str(err), None
         return None
 
     async def _escalate(self, current: Any, call: _Call, report: FailureReport) -> Any:
@@ -345,9 +334,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             timeout_s=cfg.escalation_timeout_s,
             default_option=cfg.escalation_default,
         )
-        self.state.open[esc.escalation_id] = esc
         self._note(call, cls.error_type, HealingStrategy.ESCALATE, "escalated", report.reason)
-        self.state.set("awaiting_decision", cls.error_type.value)
         call.journal.settle(healed=False)
         call.journal.event(
             "escalated",
@@ -357,6 +344,9 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             outcome=report.reason,
         )
         await call.journal.flush()
+        self.state.open[esc.escalation_id] = esc
+        self.state.args[esc.escalation_id] = list(current.args)
+        self.state.set("awaiting_decision", cls.error_type.value)
         try:
             await workflow.wait_condition(
                 lambda: esc.escalation_id in self.state.decisions,
@@ -365,16 +355,19 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             )
             decision = self.state.decisions.pop(esc.escalation_id)
         except TimeoutError:
-            self.state.open.pop(esc.escalation_id, None)
-            decision = EscalationDecision(
+            # A decision landing with the timer still wins: the human was told "accepted".
+            late = self.state.decisions.pop(esc.escalation_id, None)
+            decision = late or EscalationDecision(
                 option=esc.default_option,
                 escalation_id=esc.escalation_id,
                 decided_by="timeout",
                 note=f"no decision within {esc.timeout_s:.0f}s",
             )
         except asyncio.CancelledError:
-            self.state.open.pop(esc.escalation_id, None)
+            self.state.set("failed", cls.error_type.value)
             raise
+        finally:
+            self.state.open.pop(esc.escalation_id, None)
         return await self._apply(current, call, esc, decision)
 
     async def _apply(
@@ -420,8 +413,11 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             call.rerouted.append(target)
             changes["connector"] = target
         elif decision.option == "edit_and_retry":
-            current = dataclasses.replace(
-                current, args=_patch_args(current.args, decision.input_patch or {})
-            )
+            try:
+                args = apply_patch(current.args, decision.input_patch or {})
+            except DecisionError as exc:  # validated before; a default cannot carry a patch
+                self._note(call, esc.error_type, "decision", "failed", str(exc))
+                return await self._escalate(current, call, call.report)
+            current = dataclasses.replace(current, args=args)
             changes["edits"] = hints.edits + 1
         return _with_hints(current, **changes)

@@ -167,6 +167,8 @@ class _Call:
             self.hints.connector or (spec and spec.connector) or _arg_field(input.args, "connector")
         )
         self.operation = (spec and spec.operation) or _arg_field(input.args, "operation")
+        self.base_connector = (spec and spec.connector) or _arg_field(input.args, "connector")
+        """The call's own connector (before any reroute): alternatives are listed under it."""
         self.ledger = Ledger.from_details(self.info.heartbeat_details)
         self.started = root.clock()
 
@@ -350,6 +352,8 @@ class _ActivityInbound(ActivityInboundInterceptor):
                 elapsed_s=round(elapsed, 3),
                 reason=reason or "the activity's retry policy stopped retrying",
                 learned=hint.reason if hint is not None else None,
+                activity_id=info.activity_id,
+                alternatives=self.root.alternatives.get(call.base_connector or "", []),
             ).model_dump(mode="json")
         }
         message = cls.message or key

@@ -228,3 +228,8 @@ class FailureReport(_Frozen):
     reason: str = ""
     learned: str | None = None
     """The learned hint that shaped this verdict, in words (None: the matrix alone)."""
+    activity_id: str | None = None
+    """The call's activity id: restarts reuse it, so its idempotency key stays the same."""
+    alternatives: list[str] = Field(default_factory=list)
+    """Reroute targets of the connector, as the activity's worker knows them; recorded in
+    history so the workflow side decides the same way on replay."""

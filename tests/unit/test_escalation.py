@@ -3,9 +3,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from healing.errors import DecisionError
-from healing.escalation import build_escalation, check_decision, options_for, to_markdown
+from healing.escalation import (
+    apply_patch,
+    build_escalation,
+    check_decision,
+    options_for,
+    to_markdown,
+)
 from healing.types import Classification, ErrorType, EscalationDecision, HealingStrategy
 
 
@@ -128,3 +135,33 @@ def test_decision_needs_an_id_when_several_are_open() -> None:
 def test_no_open_escalation() -> None:
     with pytest.raises(DecisionError, match="no escalation is open"):
         check_decision(EscalationDecision(option="retry"), [])
+
+
+class Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    connector: str
+    params: dict[str, str] = {}
+
+
+def test_apply_patch_deep_merges_dicts_and_models() -> None:
+    assert apply_patch([{"params": {"id": "1", "x": "y"}}], {"params": {"id": "2"}}) == [
+        {"params": {"id": "2", "x": "y"}}
+    ]
+    [req] = apply_patch([Req(connector="crm", params={"id": "1"})], {"params": {"id": "2"}})
+    assert req == Req(connector="crm", params={"id": "2"})
+
+
+@pytest.mark.parametrize(
+    ("args", "patch", "message"),
+    [
+        ([Req(connector="crm")], {"id": "43"}, "id: Extra inputs"),
+        ([Req(connector="crm")], {"params": "x"}, "params: Input should be"),
+        (["just text"], {"id": "1"}, "not str"),
+        ([], {"id": "1"}, "argument to patch"),
+    ],
+)
+def test_apply_patch_names_what_does_not_fit(
+    args: list[object], patch: dict[str, object], message: str
+) -> None:
+    with pytest.raises(DecisionError, match=message):
+        apply_patch(args, patch)
