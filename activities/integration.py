@@ -160,7 +160,8 @@ class IntegrationActivities:
             _refuse(str(exc), "CONFIG_ERROR", exc)
         path, query, body = _request_parts(op, req)
         await self._pace(connector, spec, req.operation)
-        headers = {**req.headers, **await self._auth_headers(connector, spec)}
+        auth = await self._auth_headers(connector, spec)
+        headers = {**req.headers, **auth}
         if not op.is_idempotent:
             headers["Idempotency-Key"] = idempotency_key(
                 activity.info(), ctx.hints.edits if ctx else 0
@@ -174,7 +175,13 @@ class IntegrationActivities:
             timeout=op.timeout_s if op.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
         )
         self._observe(connector, response)
-        payload = _payload(response, connector, req.operation)
+        try:
+            payload = _payload(response, connector, req.operation)
+        except IntegrationFailure as exc:
+            # An API that echoes the credential back must not carry it into history:
+            # pattern-based redaction misses short keys, so remove the exact values sent.
+            _scrub(exc, [part for value in auth.values() for part in (value, value.split()[-1])])
+            raise
         if model is not None:
             mapping = ctx.hints.schema_mapping if ctx else {}
             payload = validate_response(model, payload, mapping).model_dump(mode="json")
@@ -250,6 +257,27 @@ class IntegrationActivities:
                 self._limiters[connector] = created
         else:
             limiter.observe(info, self._clock())
+
+
+def _scrub(exc: IntegrationFailure, secrets: list[str]) -> None:
+    secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+    if not secrets:
+        return
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in secrets:
+                value = value.replace(secret, "[REDACTED]")
+            return value
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    exc.body = clean(exc.body)
+    exc.headers = clean(exc.headers)
+    exc.args = tuple(clean(a) for a in exc.args)
 
 
 def _refuse(message: str, kind: str, cause: BaseException | None = None) -> NoReturn:

@@ -26,6 +26,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from healing.errors import ConfigError, HealingError
+from healing.handlers import SEARCH_ATTRIBUTES
 
 __all__ = [
     "DEFAULT_SEARCH_ATTRIBUTES",
@@ -36,10 +37,7 @@ __all__ = [
     "find_temporal_cli",
 ]
 
-DEFAULT_SEARCH_ATTRIBUTES: Final[Mapping[str, str]] = {
-    "HealingStatus": "Keyword",
-    "HealingErrorType": "Keyword",
-}
+DEFAULT_SEARCH_ATTRIBUTES: Final[Mapping[str, str]] = SEARCH_ATTRIBUTES
 
 # The CLI's type names ("KeywordList") -> the API enum (INDEXED_VALUE_TYPE_KEYWORD_LIST).
 _INDEX_TYPES: Final = {

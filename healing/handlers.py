@@ -31,6 +31,7 @@ from healing.types import (
 if TYPE_CHECKING:
     from healing.interceptor import SelfHealingInterceptor
 
+SEARCH_ATTRIBUTES = {"HealingStatus": "Keyword", "HealingErrorType": "Keyword"}
 STATUS_KEY = SearchAttributeKey.for_keyword("HealingStatus")
 ERROR_TYPE_KEY = SearchAttributeKey.for_keyword("HealingErrorType")
 QUERY, SIGNAL, UPDATE = "healing_status", "escalation_decision", "decide_escalation"

@@ -20,7 +20,10 @@ from typing import Any
 import temporalio.converter
 from temporalio import activity
 from temporalio.api.common.v1 import Payload
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -34,6 +37,7 @@ from healing.breaker import BreakerBoard, BreakerTransition
 from healing.classify import Failure, classify_error, detect_error, load_rules
 from healing.config import HealingConfig
 from healing.eventlog import EventLog
+from healing.handlers import SEARCH_ATTRIBUTES
 from healing.integration import (
     HINTS_HEADER,
     CallContext,
@@ -97,7 +101,9 @@ class SelfHealingInterceptor(Interceptor):
         self.alternatives = {k: list(v) for k, v in (alternatives or {}).items()}
         self.clock = clock
         self.breakers = BreakerBoard(self.config.breaker)
-        self.search_attributes_enabled = self.config.search_attributes
+        # Off until check_search_attributes has seen them registered: an upsert of an unknown
+        # attribute would fail every workflow task.
+        self.search_attributes_enabled = False
         self.rules = load_rules(self.config)  # validated once: a bad rule fails at start-up
         self.attach_store(store)
 
@@ -110,6 +116,35 @@ class SelfHealingInterceptor(Interceptor):
     @property
     def learning(self) -> bool:
         return self.store is not None and self.config.learning.enabled
+
+    async def check_search_attributes(self, client: Client) -> bool:
+        """Enable HealingStatus/HealingErrorType upserts if the namespace has them."""
+        if not self.config.search_attributes:
+            self.search_attributes_enabled = False
+            return False
+        try:
+            resp = await client.operator_service.list_search_attributes(
+                ListSearchAttributesRequest(namespace=client.namespace)
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.UNIMPLEMENTED:
+                # The time-skipping test server cannot list; its users register up front.
+                logger.info("server cannot list search attributes; assuming they are registered")
+                self.search_attributes_enabled = True
+                return True
+            logger.warning("cannot list search attributes (%s); HealingStatus upserts off", exc)
+            self.search_attributes_enabled = False
+            return False
+        missing = sorted(set(SEARCH_ATTRIBUTES) - set(resp.custom_attributes))
+        if missing:
+            logger.warning(
+                "search attributes %s are not registered in namespace %s; upserts off "
+                "(run `healing setup` to register them)",
+                ", ".join(missing),
+                client.namespace,
+            )
+        self.search_attributes_enabled = not missing
+        return not missing
 
     def classify(self, failure: Failure) -> Classification:
         return classify_error(failure, config=self.config, now=datetime.now(UTC), rules=self.rules)
@@ -242,6 +277,8 @@ class _ActivityInbound(ActivityInboundInterceptor):
         try:
             result = await self.next.execute_activity(input)
         except ApplicationError:
+            if breaker.state == "half_open":
+                _log_transition(breaker.record_success(self.root.clock()))  # it answered
             raise  # the activity chose its own verdict
         except Exception as exc:
             found = detect_error(exc, connector=call.connector, operation=call.operation)
@@ -263,6 +300,9 @@ class _ActivityInbound(ActivityInboundInterceptor):
         cls = self.root.classify(failure)
         if counts_for_breaker and cls.error_type in _BREAKER_TYPES:
             _log_transition(breaker.record_failure(self.root.clock()))
+        elif breaker.state == "half_open":
+            # A probe answered with a 4xx: the service is up, whatever it thinks of the call.
+            _log_transition(breaker.record_success(self.root.clock()))
         raise await self._verdict(cls, call)
 
     def _healed(self, call: _Call) -> None:
@@ -309,6 +349,10 @@ class _ActivityInbound(ActivityInboundInterceptor):
         budget = cfg.healing_budget_s if call.hints.budget_s is None else call.hints.budget_s
         hint = await self._hint(cls, call, budget)
         delay = learned_delay(hint, self._backoff(used, info), retry_after=cls.retry_after_s)
+        if cls.retry_after_s is not None:
+            # Never sooner than asked, but spread: callers throttled together do not return
+            # together.
+            delay *= 1 + random.Random(f"ra:{info.workflow_id}:{info.activity_id}").uniform(0, 0.1)
 
         reason = ""
         if not cls.retryable:

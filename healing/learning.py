@@ -21,7 +21,7 @@ z = 1.28):
   and a median heal time, and the lower bound of its success rate is at least
   ``LEARNED_WAIT_MIN_RATE`` (retries heal the pattern more often than not, so its heal time
   means something). ``wait_s`` is that median, clamped to
-  ``[backoff.initial_s, min(4 * backoff.max_s, budget_s / 2)]``. A server's Retry-After always
+  ``[backoff.initial_s, min(backoff.max_s, budget_s / 2)]``. A server's Retry-After always
   wins over it (:func:`learned_delay`).
 - **preferred_strategy** (informational): the strategy with the highest lower bound among those
   with at least ``min_observations`` tries, if that bound is above zero.
@@ -202,7 +202,7 @@ def _learned_wait(
     low = _bounds(healed, own.tries, policy)[0]
     if low < LEARNED_WAIT_MIN_RATE:
         return None
-    ceiling = min(4 * backoff.max_s, budget_s / 2)
+    ceiling = min(backoff.max_s, budget_s / 2)  # never past the backoff cap
     if ceiling <= 0:
         return None
     wait_s = max(min(own.median_heal_s, ceiling), min(backoff.initial_s, ceiling))

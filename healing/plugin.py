@@ -10,10 +10,8 @@ from typing import Any
 
 import temporalio.client
 import temporalio.converter
-from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.plugin import SimplePlugin
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker, WorkerConfig, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
@@ -23,8 +21,6 @@ from healing.interceptor import SelfHealingInterceptor
 from healing.store import Store
 
 logger = logging.getLogger("healing")
-
-SEARCH_ATTRIBUTES = {"HealingStatus": "Keyword", "HealingErrorType": "Keyword"}
 
 
 def _passthrough(runner: WorkflowRunner | None) -> WorkflowRunner:
@@ -97,8 +93,7 @@ class HealingPlugin(SimplePlugin):
         return config
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
-        if self.config.search_attributes:
-            await self._check_search_attributes(worker.client)
+        await self.interceptor.check_search_attributes(worker.client)
         self.interceptor.events.start()
         try:
             await super().run_worker(worker, next)
@@ -106,37 +101,3 @@ class HealingPlugin(SimplePlugin):
             # Writes what the event log still holds; the store itself belongs to the caller.
             await self.interceptor.events.aclose()
             self.interceptor.attach_store(self.interceptor.store)  # fresh log for a next run
-
-    async def _check_search_attributes(self, client: temporalio.client.Client) -> None:
-        try:
-            resp = await client.operator_service.list_search_attributes(
-                ListSearchAttributesRequest(namespace=client.namespace)
-            )
-            known = set(resp.custom_attributes)
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.UNIMPLEMENTED:
-                # The time-skipping test server cannot list; its users register up front.
-                logger.info("server cannot list search attributes; assuming they are registered")
-                return
-            logger.warning(
-                "cannot list search attributes (%s); HealingStatus upserts disabled", exc
-            )
-            self.interceptor.search_attributes_enabled = False
-            return
-        except Exception as exc:  # no operator access must not stop the worker
-            logger.warning(
-                "cannot list search attributes (%s); HealingStatus upserts disabled", exc
-            )
-            self.interceptor.search_attributes_enabled = False
-            return
-        missing = sorted(set(SEARCH_ATTRIBUTES) - known)
-        if missing:
-            logger.warning(
-                "search attributes %s are not registered in namespace %s; upserts disabled "
-                "(run `healing setup` to register them)",
-                ", ".join(missing),
-                client.namespace,
-            )
-            self.interceptor.search_attributes_enabled = False
-        else:
-            self.interceptor.search_attributes_enabled = True

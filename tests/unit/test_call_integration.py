@@ -579,3 +579,21 @@ async def test_short_client_side_wait_sleeps_with_heartbeats(echo: RecordingServ
     assert len(echo.seen) == 2
     assert waited >= 0.29
     assert beats
+
+
+async def test_a_credential_echoed_back_never_reaches_the_failure(
+    acts: IntegrationActivities, echo: RecordingServer
+) -> None:
+    # The key is short: pattern-based redaction alone would let it through.
+    echo.reply = lambda seen: (
+        401,
+        {"Content-Type": "application/json", "X-Echo": "k-123"},
+        b'{"message": "The API key \'k-123\' is invalid", "detail": ["Token k-123"]}',
+    )
+    with pytest.raises(IntegrationFailure) as info:
+        await run(acts, CallRequest(connector="echo", operation="get_thing", params={"id": "1"}))
+    failure = info.value
+    dumped = json.dumps([str(failure), failure.body, failure.headers])
+    assert "k-123" not in dumped
+    assert "[REDACTED]" in failure.body["message"]
+    assert failure.status_code == 401

@@ -175,8 +175,8 @@ def test_a_refresh_row_never_skips_its_retry() -> None:
     [
         (3.2, 120.0, 3.2),
         (0.2, 120.0, 1.0),  # never below backoff.initial_s
-        (500.0, 600.0, 120.0),  # at most 4 * backoff.max_s
-        (500.0, 100.0, 50.0),  # at most half the healing budget
+        (500.0, 600.0, 30.0),  # at most backoff.max_s, the matrix's cap
+        (500.0, 40.0, 20.0),  # at most half the healing budget
     ],
 )
 def test_mostly_healed_waits_the_learned_recovery_time(
