@@ -10,6 +10,8 @@ Workflow side (``healing.healer``): refreshes, adapts, reroutes or escalates to 
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -26,6 +28,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import (
     ActivityInboundInterceptor,
+    ActivityOutboundInterceptor,
     ExecuteActivityInput,
     Interceptor,
     WorkflowInboundInterceptor,
@@ -47,7 +50,7 @@ from healing.integration import (
     integration_spec,
 )
 from healing.learning import RETRY_STRATEGIES, StrategyHint, learned_delay
-from healing.ledger import Ledger, pattern_of
+from healing.ledger import Ledger, is_ledger, pattern_of, user_details
 from healing.patterns import PatternCache
 from healing.store.base import Store
 from healing.types import (
@@ -183,6 +186,16 @@ def _log_transition(change: BreakerTransition | None) -> None:
         )
 
 
+def _inner_timeout(info: activity.Info) -> float | None:
+    """Just under start_to_close: a call that overruns times out here, where it is
+    classified as TIMEOUT and paced, not on the server, where nothing would classify it."""
+    stc = info.start_to_close_timeout
+    if stc is None or info.is_local:
+        return None
+    seconds = stc.total_seconds()
+    return seconds - min(1.0, seconds * 0.1)
+
+
 def _arg_field(args: Any, name: str) -> str | None:
     """``connector``/``operation`` of a call's first argument (a model or a dict), if any."""
     first = args[0] if args else None
@@ -242,10 +255,30 @@ class _Call:
         )
 
 
+# The activity's own latest heartbeat details in this attempt (a list per running call).
+_USER_HEARTBEAT: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "healing_user_heartbeat", default=None
+)
+
+
+class _ActivityOutbound(ActivityOutboundInterceptor):
+    """Remembers the activity's own heartbeat details, so the ledger is sent beside them
+    rather than over them (a paginating activity resumes from its details)."""
+
+    def heartbeat(self, *details: Any) -> None:
+        holder = _USER_HEARTBEAT.get()
+        if holder is not None and not any(is_ledger(d) for d in details):
+            holder[:] = details
+        self.next.heartbeat(*details)
+
+
 class _ActivityInbound(ActivityInboundInterceptor):
     def __init__(self, next: ActivityInboundInterceptor, root: SelfHealingInterceptor) -> None:
         super().__init__(next)
         self.root = root
+
+    def init(self, outbound: ActivityOutboundInterceptor) -> None:
+        super().init(_ActivityOutbound(outbound))
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
@@ -254,6 +287,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
         ):
             return await self.next.execute_activity(input)
         call = _Call(self.root, input)
+        _USER_HEARTBEAT.set(user_details(info.heartbeat_details))
         breaker = self.root.breakers.get(call.connector or info.activity_type)
 
         wait = breaker.before_call(call.started)
@@ -275,7 +309,9 @@ class _ActivityInbound(ActivityInboundInterceptor):
         )
         token = _set_current(ctx)
         try:
-            result = await self.next.execute_activity(input)
+            limit = _inner_timeout(info)
+            run = self.next.execute_activity(input)
+            result = await (asyncio.wait_for(run, limit) if limit else run)
         except ApplicationError:
             if breaker.state == "half_open":
                 _log_transition(breaker.record_success(self.root.clock()))  # it answered
@@ -381,7 +417,9 @@ class _ActivityInbound(ActivityInboundInterceptor):
         ledger = Ledger(counts=counts, pattern=pattern, strategy=strategy)
         if not info.is_local:
             # Survives to the next attempt: per-type budgets hold across server retries.
-            activity.heartbeat(ledger.to_detail())
+            holder = _USER_HEARTBEAT.get()
+            own = holder if holder is not None else user_details(info.heartbeat_details)
+            activity.heartbeat(*own, ledger.to_detail())
         call.event("classified", cls, strategy=strategy, outcome=cls.rule)
         if reason and used > 1 and strategy in RETRY_STRATEGIES:
             # Retries were tried on this pattern and did not heal it: learning evidence.

@@ -62,3 +62,12 @@ def pattern_of(cls: Classification, connector: str | None, operation: str | None
         vendor_code=cls.vendor_code,
         template=message_template(cls.message),
     )
+
+
+def is_ledger(item: Any) -> bool:
+    return isinstance(item, dict) and LEDGER_KEY in item
+
+
+def user_details(details: Any) -> list[Any]:
+    """Heartbeat details without the ledger: what the activity itself recorded."""
+    return [item for item in details or () if not is_ledger(item)]

@@ -20,7 +20,7 @@ class CallWorkflow:
         if arg.get("max_attempts"):
             policy = RetryPolicy(maximum_attempts=int(arg["max_attempts"]))
         kwargs: dict[str, Any] = {
-            "start_to_close_timeout": timedelta(seconds=10),
+            "start_to_close_timeout": timedelta(seconds=float(arg.get("start_to_close_s", 10))),
             "retry_policy": policy,
         }
         name = arg.get("activity", "crm_call")
