@@ -24,7 +24,7 @@ from temporalio.worker import (
 
 from healing.errors import DecisionError
 from healing.escalation import apply_patch, build_escalation
-from healing.integration import HINTS_HEADER, CallHints
+from healing.integration import HINTS_HEADER, CallHints, encode_hints, read_hints
 from healing.journal import Journal, learned_hint
 from healing.ledger import pattern_of
 from healing.types import (
@@ -91,14 +91,10 @@ def _report_of(err: BaseException) -> FailureReport | None:
 
 
 def _hints(inp: AnyStart) -> CallHints:
-    from healing.interceptor import read_hints
-
     return read_hints(inp.headers)
 
 
 def _with_hints(inp: AnyStart, **changes: Any) -> AnyStart:
-    from healing.interceptor import encode_hints
-
     hints = _hints(inp).model_copy(update=changes)
     return dataclasses.replace(inp, headers={**inp.headers, HINTS_HEADER: encode_hints(hints)})
 

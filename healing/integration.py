@@ -9,11 +9,14 @@ may have changed it), a schema mapping to apply, and the failures seen on earlie
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import temporalio.converter
 from pydantic import BaseModel, ConfigDict, Field
+from temporalio.api.common.v1 import Payload
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,3 +109,21 @@ def _set_current(ctx: CallContext | None) -> contextvars.Token[CallContext | Non
 
 def _reset_current(token: contextvars.Token[CallContext | None]) -> None:
     _CURRENT.reset(token)
+
+
+_CONVERTER = temporalio.converter.PayloadConverter.default
+
+
+def read_hints(headers: Mapping[str, Payload]) -> CallHints:
+    payload = headers.get(HINTS_HEADER)
+    if payload is None:
+        return CallHints()
+    try:
+        return CallHints.model_validate(_CONVERTER.from_payloads([payload])[0])
+    except Exception:  # a foreign or corrupt header must not break the call
+        logging.getLogger("healing").warning("ignoring unreadable %s header", HINTS_HEADER)
+        return CallHints()
+
+
+def encode_hints(hints: CallHints) -> Payload:
+    return _CONVERTER.to_payloads([hints.model_dump(mode="json")])[0]

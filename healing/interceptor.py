@@ -11,7 +11,6 @@ Workflow side (``healing.healer``): refreshes, adapts, reroutes or escalates to 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import random
 import time
@@ -21,7 +20,6 @@ from typing import Any
 
 import temporalio.converter
 from temporalio import activity
-from temporalio.api.common.v1 import Payload
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
@@ -35,6 +33,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
+from healing.attempt import USER_HEARTBEAT, Attempt, HeartbeatKeeper, inner_timeout
 from healing.backoff import backoff_delay
 from healing.breaker import BreakerBoard, BreakerTransition
 from healing.classify import Failure, classify_error, detect_error, load_rules
@@ -42,25 +41,20 @@ from healing.config import HealingConfig
 from healing.eventlog import EventLog
 from healing.handlers import SEARCH_ATTRIBUTES
 from healing.integration import (
-    HINTS_HEADER,
     CallContext,
-    CallHints,
     _reset_current,
     _set_current,
     integration_spec,
 )
 from healing.learning import RETRY_STRATEGIES, StrategyHint, learned_delay
-from healing.ledger import Ledger, is_ledger, pattern_of, user_details
+from healing.ledger import Ledger, pattern_of, user_details
 from healing.patterns import PatternCache
 from healing.store.base import Store
 from healing.types import (
     REPORT_KEY,
     Classification,
-    ErrorPattern,
     ErrorType,
-    EventKind,
     FailureReport,
-    HealingEvent,
     HealingStrategy,
 )
 
@@ -163,21 +157,6 @@ class SelfHealingInterceptor(Interceptor):
         return make_workflow_inbound(self)
 
 
-def read_hints(headers: Mapping[str, Payload]) -> CallHints:
-    payload = headers.get(HINTS_HEADER)
-    if payload is None:
-        return CallHints()
-    try:
-        return CallHints.model_validate(_CONVERTER.from_payloads([payload])[0])
-    except Exception:  # a foreign or corrupt header must not break the call
-        logger.warning("ignoring unreadable %s header", HINTS_HEADER)
-        return CallHints()
-
-
-def encode_hints(hints: CallHints) -> Payload:
-    return _CONVERTER.to_payloads([hints.model_dump(mode="json")])[0]
-
-
 def _log_transition(change: BreakerTransition | None) -> None:
     # Waits behind an open circuit are BENIGN and quiet: say when the circuit changes.
     if change is not None:
@@ -186,99 +165,13 @@ def _log_transition(change: BreakerTransition | None) -> None:
         )
 
 
-def _inner_timeout(info: activity.Info) -> float | None:
-    """Just under start_to_close: a call that overruns times out here, where it is
-    classified as TIMEOUT and paced, not on the server, where nothing would classify it."""
-    stc = info.start_to_close_timeout
-    if stc is None or info.is_local:
-        return None
-    seconds = stc.total_seconds()
-    return seconds - min(1.0, seconds * 0.1)
-
-
-def _arg_field(args: Any, name: str) -> str | None:
-    """``connector``/``operation`` of a call's first argument (a model or a dict), if any."""
-    first = args[0] if args else None
-    value = first.get(name) if isinstance(first, dict) else getattr(first, name, None)
-    return value if isinstance(value, str) else None
-
-
-class _Call:
-    """One attempt of one integration call, as the activity side sees it."""
-
-    def __init__(self, root: SelfHealingInterceptor, input: ExecuteActivityInput) -> None:
-        spec = integration_spec(input.fn)
-        self.root = root
-        self.info = activity.info()
-        self.hints = read_hints(input.headers)
-        self.connector = (
-            self.hints.connector or (spec and spec.connector) or _arg_field(input.args, "connector")
-        )
-        self.operation = (spec and spec.operation) or _arg_field(input.args, "operation")
-        self.base_connector = (spec and spec.connector) or _arg_field(input.args, "connector")
-        """The call's own connector (before any reroute): alternatives are listed under it."""
-        self.ledger = Ledger.from_details(self.info.heartbeat_details)
-        self.started = root.clock()
-
-    def elapsed(self) -> float:
-        # Server-side times, so time skipping and worker clock skew do not distort the budget.
-        # started_time, not current_attempt_scheduled_time: the test server sets the latter to
-        # the previous failure's time, which would hide the wait just served.
-        served = (self.info.started_time - self.info.scheduled_time).total_seconds()
-        return served + self.root.clock() - self.started
-
-    def event(
-        self,
-        kind: EventKind,
-        cls: Classification | ErrorPattern | None,
-        *,
-        strategy: str | None = None,
-        outcome: str | None = None,
-        duration_s: float | None = None,
-    ) -> None:
-        self.root.events.start()
-        self.root.events.emit(
-            HealingEvent.model_validate(
-                {
-                    "at": datetime.now(UTC),
-                    "kind": kind,
-                    "workflow_id": self.info.workflow_id or "",
-                    "connector": self.connector,
-                    "operation": self.operation,
-                    "error_type": cls.error_type if cls else None,
-                    "fingerprint": cls.fingerprint if cls else None,
-                    "strategy": strategy,
-                    "outcome": outcome,
-                    "duration_s": duration_s,
-                }
-            )
-        )
-
-
-# The activity's own latest heartbeat details in this attempt (a list per running call).
-_USER_HEARTBEAT: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
-    "healing_user_heartbeat", default=None
-)
-
-
-class _ActivityOutbound(ActivityOutboundInterceptor):
-    """Remembers the activity's own heartbeat details, so the ledger is sent beside them
-    rather than over them (a paginating activity resumes from its details)."""
-
-    def heartbeat(self, *details: Any) -> None:
-        holder = _USER_HEARTBEAT.get()
-        if holder is not None and not any(is_ledger(d) for d in details):
-            holder[:] = details
-        self.next.heartbeat(*details)
-
-
 class _ActivityInbound(ActivityInboundInterceptor):
     def __init__(self, next: ActivityInboundInterceptor, root: SelfHealingInterceptor) -> None:
         super().__init__(next)
         self.root = root
 
     def init(self, outbound: ActivityOutboundInterceptor) -> None:
-        super().init(_ActivityOutbound(outbound))
+        super().init(HeartbeatKeeper(outbound))
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
@@ -286,8 +179,8 @@ class _ActivityInbound(ActivityInboundInterceptor):
             integration_spec(input.fn) is None and not self.root.config.heal_all_activities
         ):
             return await self.next.execute_activity(input)
-        call = _Call(self.root, input)
-        _USER_HEARTBEAT.set(user_details(info.heartbeat_details))
+        call = Attempt(self.root, input)
+        USER_HEARTBEAT.set(user_details(info.heartbeat_details))
         breaker = self.root.breakers.get(call.connector or info.activity_type)
 
         wait = breaker.before_call(call.started)
@@ -309,7 +202,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
         )
         token = _set_current(ctx)
         try:
-            limit = _inner_timeout(info)
+            limit = inner_timeout(info)
             run = self.next.execute_activity(input)
             result = await (asyncio.wait_for(run, limit) if limit else run)
         except ApplicationError:
@@ -341,7 +234,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
             _log_transition(breaker.record_success(self.root.clock()))
         raise await self._verdict(cls, call)
 
-    def _healed(self, call: _Call) -> None:
+    def _healed(self, call: Attempt) -> None:
         """A success after failures: the retries healed the pattern (learning evidence)."""
         pattern, strategy = call.ledger.pattern, call.ledger.strategy or "retry"
         assert pattern is not None
@@ -350,7 +243,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
         call.root.events.record_outcome(pattern, strategy, healed=True, heal_s=heal_s)
         call.event("healed", pattern, strategy=strategy, outcome="healed", duration_s=heal_s)
 
-    async def _hint(self, cls: Classification, call: _Call, budget: float) -> StrategyHint | None:
+    async def _hint(self, cls: Classification, call: Attempt, budget: float) -> StrategyHint | None:
         if not self.root.learning or not cls.retryable:
             return None
         hint = await self.root.patterns.hint(
@@ -363,13 +256,13 @@ class _ActivityInbound(ActivityInboundInterceptor):
             return None
         return hint
 
-    def _explores(self, call: _Call) -> bool:
+    def _explores(self, call: Attempt) -> bool:
         # A few calls still retry a pattern learned as hopeless, so the evidence can change.
         rate = self.root.config.learning.explore_rate
         seed = f"explore:{call.info.workflow_id}:{call.info.activity_id}"
         return rate > 0 and random.Random(seed).random() < rate
 
-    async def _verdict(self, cls: Classification, call: _Call) -> ApplicationError:
+    async def _verdict(self, cls: Classification, call: Attempt) -> ApplicationError:
         """Turn a classification into the error the server acts on."""
         cfg = self.root.config
         info = call.info
@@ -417,7 +310,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
         ledger = Ledger(counts=counts, pattern=pattern, strategy=strategy)
         if not info.is_local:
             # Survives to the next attempt: per-type budgets hold across server retries.
-            holder = _USER_HEARTBEAT.get()
+            holder = USER_HEARTBEAT.get()
             own = holder if holder is not None else user_details(info.heartbeat_details)
             activity.heartbeat(*own, ledger.to_detail())
         call.event("classified", cls, strategy=strategy, outcome=cls.rule)
@@ -457,7 +350,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
             category=category,
         )
 
-    def _circuit_wait(self, cls: Classification, call: _Call) -> float | None:
+    def _circuit_wait(self, cls: Classification, call: Attempt) -> float | None:
         """Seconds until the connector's open circuit lets a probe through, if it is open."""
         if cls.error_type not in _BREAKER_TYPES:
             return None
