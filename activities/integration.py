@@ -204,7 +204,14 @@ class IntegrationActivities:
                     "built without tokens=",
                     "CONFIG_ERROR",
                 )
-            return {auth.header: f"Bearer {await self._tokens.access_token(connector)}"}
+            credential = getattr(self._tokens, "credential", None)
+            if credential is None:
+                return {auth.header: f"Bearer {await self._tokens.access_token(connector)}"}
+            cred = await credential(connector)
+            ctx = current_call()
+            if ctx is not None:
+                ctx.token_version = cred.version
+            return {auth.header: f"Bearer {cred.access_token.get_secret_value()}"}
         if auth.kind == "api_key":
             key = self._environ.get(auth.api_key_env or "")
             if not key:

@@ -88,7 +88,12 @@ class HealingActivities:
                 non_retryable=True,
             )
         try:
-            cred = await self.tokens.refresh(connector, reason=str(request.get("reason", "")))
+            seen = request.get("seen_version")
+            cred = await self.tokens.refresh(
+                connector,
+                seen_version=int(seen) if seen is not None else None,
+                reason=str(request.get("reason", "")),
+            )
         except GrantRevoked as exc:
             raise ApplicationError(str(exc), type="GrantRevoked", non_retryable=True) from None
         except CredentialError as exc:

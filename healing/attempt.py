@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from temporalio import activity
 from temporalio.worker import ActivityOutboundInterceptor, ExecuteActivityInput
 
-from healing.integration import integration_spec, read_hints
+from healing.integration import CallContext, integration_spec, read_hints
 from healing.ledger import Ledger, is_ledger
 from healing.types import Classification, ErrorPattern, EventKind, HealingEvent
 
@@ -54,6 +54,7 @@ class Attempt:
         """The call's own connector (before any reroute): alternatives are listed under it."""
         self.ledger = Ledger.from_details(self.info.heartbeat_details)
         self.started = root.clock()
+        self.context: CallContext | None = None
 
     def elapsed(self) -> float:
         # Server-side times, so time skipping and worker clock skew do not distort the budget.

@@ -224,7 +224,11 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             journal.tried(pattern, HealingStrategy.REFRESH_TOKEN.value)
             problem = await self._run_healing_activity(
                 REFRESH_ACTIVITY,
-                {"connector": connector, "reason": report.reason},
+                {
+                    "connector": connector,
+                    "reason": report.reason,
+                    "seen_version": report.token_version,
+                },
                 f"refresh credentials for {connector} after {etype.value}",
             )
             if problem is None:

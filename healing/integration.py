@@ -57,6 +57,9 @@ class CallContext:
     hints: CallHints
     attempt: int
     counts_by_type: dict[str, int] = field(default_factory=dict)
+    token_version: int | None = None
+    """Version of the credential this attempt sent: a refresh after a 401 rotates only if
+    nobody has rotated past it already."""
 
     @property
     def healing_attempts(self) -> int:

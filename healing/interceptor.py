@@ -197,7 +197,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
         # The breaker judges calls, not attempts: a call's own retries would let a few unlucky
         # calls look like an outage. Outcomes while it is not closed are probes: they count.
         counts_for_breaker = info.attempt == 1 or breaker.state != "closed"
-        ctx = CallContext(
+        ctx = call.context = CallContext(
             call.connector, call.operation, call.hints, info.attempt, call.ledger.counts
         )
         token = _set_current(ctx)
@@ -328,6 +328,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
                 reason=reason or "the activity's retry policy stopped retrying",
                 learned=hint.reason if hint is not None else None,
                 activity_id=info.activity_id,
+                token_version=call.context.token_version if call.context else None,
                 alternatives=self.root.alternatives.get(call.base_connector or "", []),
             ).model_dump(mode="json")
         }

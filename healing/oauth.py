@@ -89,7 +89,12 @@ class TokenRefresher:
         return BearerAuth(lambda: self.access_token(connector))
 
     async def access_token(self, connector: str) -> str:
-        """The connector's access token, refreshed first when it expires within the leeway.
+        """The connector's access token, refreshed first when it expires within the leeway."""
+        return (await self.credential(connector)).access_token.get_secret_value()
+
+    async def credential(self, connector: str) -> Credential:
+        """The connector's credential (token and version), refreshed first when it expires
+        within the leeway; the version lets a later refresh tell a sibling's rotation apart.
 
         Raises:
             CredentialError: Nothing is stored for the connector (client-credentials
@@ -115,7 +120,7 @@ class TokenRefresher:
                 if isinstance(exc, GrantRevoked) or cred.expires_within(0, now=self._clock()):
                     raise
                 log.warning("proactive refresh for %s failed, using the current token", connector)
-        return cred.access_token.get_secret_value()
+        return cred
 
     async def refresh(
         self, connector: str, *, seen_version: int | None = None, reason: str = ""

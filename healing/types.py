@@ -228,6 +228,8 @@ class FailureReport(_Frozen):
     reason: str = ""
     learned: str | None = None
     """The learned hint that shaped this verdict, in words (None: the matrix alone)."""
+    token_version: int | None = None
+    """The credential version the failed attempt sent (AUTH_EXPIRED refreshes past it)."""
     activity_id: str | None = None
     """The call's activity id: restarts reuse it, so its idempotency key stays the same."""
     alternatives: list[str] = Field(default_factory=list)

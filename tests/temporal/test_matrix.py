@@ -24,6 +24,7 @@ from healing import (
     HealingConfig,
     HealingPlugin,
     SchemaMismatch,
+    current_call,
 )
 from healing.credentials import Credential, MemoryCredentialStore, OAuthClient
 from healing.errors import IntegrationFailure
@@ -473,3 +474,40 @@ async def test_unmarked_integration_failure_passes_through(harness: Harness) -> 
         with pytest.raises(WorkflowFailureError):
             await handle.result()
     assert acts.count == 1
+
+
+async def test_a_401_after_a_siblings_rotation_uses_it_without_rotating_again(
+    harness: Harness,
+) -> None:
+    store = MemoryCredentialStore()
+    old = Credential(connector="crm", access_token="old-access-1", refresh_token="refresh-1")
+    assert await store.put(old, expected_version=None)
+    grants: list[bytes] = []
+
+    def token_endpoint(request: httpx.Request) -> httpx.Response:
+        grants.append(request.content)
+        return httpx.Response(200, json={"access_token": "x", "expires_in": 3600})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(token_endpoint))
+    refresher = TokenRefresher(
+        store,
+        {"crm": OAuthClient(token_url="https://login.example.test/token", client_id="cid")},
+        http=http,
+    )
+
+    async def sent_v0_then_ok(call: Call) -> Any:
+        ctx = current_call()
+        assert ctx is not None
+        if call.n == 1:
+            ctx.token_version = 0  # this attempt sent version 0 ...
+            # ... while another worker rotated the token (version 1) before our refresh.
+            new = Credential(connector="crm", access_token="new-access-2", refresh_token="r2")
+            assert await store.put(new, expected_version=0)
+            return fail(401, SALESFORCE_401)
+        return None
+
+    acts = Scripted(then=sent_v0_then_ok)
+    async with http, harness.worker(acts.activity, plugin=plugin(tokens=refresher)):
+        out = await (await harness.start()).result()
+    assert out["result"]["ok"] is True and acts.count == 2
+    assert grants == []  # the sibling's token was used; no second rotation

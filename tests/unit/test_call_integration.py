@@ -15,12 +15,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import CallRequest, IntegrationActivities, call_integration, idempotency_key
+from healing.activities import HealingActivities
 from healing.catalog import ConnectorCatalog
+from healing.config import HealingConfig
+from healing.credentials import Credential
 from healing.errors import IntegrationFailure, SchemaMismatch
 from healing.integration import (
     CallContext,
@@ -597,3 +600,42 @@ async def test_a_credential_echoed_back_never_reaches_the_failure(
     assert "k-123" not in dumped
     assert "[REDACTED]" in failure.body["message"]
     assert failure.status_code == 401
+
+
+class VersionedTokens(StaticTokens):
+    async def credential(self, connector: str) -> Credential:
+        self.asked.append(connector)
+        return Credential(connector=connector, access_token=SecretStr(self.token), version=7)
+
+
+async def test_the_credential_version_sent_is_known_to_healing(crm: ChaosAPI) -> None:
+    catalog = make_catalog("http://127.0.0.1:9", crm.url, crm.url)
+    async with IntegrationActivities(catalog, tokens=VersionedTokens(TOKEN)) as acts:
+        hints = CallHints()
+        ctx = CallContext("crm", "get_contact", hints, 1, {})
+        token = _set_current(ctx)
+        try:
+            env = ActivityEnvironment()
+            req = CallRequest(connector="crm", operation="get_contact", params={"id": "1"})
+            await env.run(acts.call_integration, req)
+        finally:
+            _reset_current(token)
+    # A refresh after a 401 on this attempt rotates only past version 7.
+    assert ctx.token_version == 7
+
+
+async def test_the_refresh_activity_passes_the_version_seen() -> None:
+    seen: list[int | None] = []
+
+    class Refresher:
+        async def refresh(
+            self, connector: str, *, seen_version: int | None = None, reason: str = ""
+        ) -> Credential:
+            seen.append(seen_version)
+            return Credential(connector=connector, access_token=SecretStr("t"), version=8)
+
+    acts = HealingActivities(HealingConfig(), tokens=Refresher())
+    out = await ActivityEnvironment().run(
+        acts.refresh_credentials, {"connector": "crm", "reason": "401", "seen_version": 7}
+    )
+    assert seen == [7] and out == {"connector": "crm", "version": 8}
