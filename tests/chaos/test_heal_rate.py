@@ -56,7 +56,14 @@ CREATE_TIMEOUT_S = 3.0  # room for the crash test's slow creates (CREATE_LATENCY
 CREATE_LATENCY_MS = 1500.0
 STEP_TIMEOUT_S = 5.0  # start_to_close: a killed worker's activities come back this fast
 # Short waits so the run takes seconds; the matrix (attempt budgets) stays the spec's.
-CONFIG: dict[str, Any] = {"backoff": {"initial_s": 0.2, "max_s": 1.0, "jitter": 0.2}}
+# The breaker is off here: the plan decides faults per call and attempt, but whether 200
+# calls started at once trip the spec's 5-failures-and-half rule depends on which answers
+# arrive first, which no plan can model (a burst of scattered faults can look like half).
+# The breaker has its own tests (tests/unit/test_breaker.py, tests/temporal/test_circuit.py).
+CONFIG: dict[str, Any] = {
+    "backoff": {"initial_s": 0.2, "max_s": 1.0, "jitter": 0.2},
+    "breaker": {"enabled": False},
+}
 BUDGETS = {t: row.max_attempts for t, row in HealingConfig.load(**CONFIG).matrix.items()}
 
 KINDS: tuple[Fault, ...] = (
