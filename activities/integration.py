@@ -123,7 +123,9 @@ class IntegrationActivities:
         if client is None or client.is_closed:
             client = httpx.AsyncClient(
                 base_url=spec.base_url,
-                timeout=spec.timeout_s,
+                # No pool timeout: waiting for a local connection slot is congestion here,
+                # not an upstream timeout (the attempt's own deadline still bounds it).
+                timeout=httpx.Timeout(spec.timeout_s, pool=None),
                 headers=spec.headers,
                 transport=self._transport,
             )

@@ -418,6 +418,7 @@ async def test_heal_rate_matches_what_the_plan_allows(rig: Rig) -> None:
 
     healed_alone: list[Call] = []
     problems: list[str] = []
+    local_retries = 0
     for call in calls:
         step = results[call.workflow_id]["steps"][call.step]
         e = expected[call]
@@ -426,8 +427,13 @@ async def test_heal_rate_matches_what_the_plan_allows(rig: Rig) -> None:
             if step["status"] != "ok" or healing.get("escalated") or healing.get("decisions"):
                 problems.append(f"{call} should have healed alone: {step['status']} {healing}")
                 continue
-            if healing.get("attempt") != e.calls:
-                problems.append(f"{call}: activity attempt {healing.get('attempt')} != {e.calls}")
+            # The plan fixes the upstream calls (checked against the chaos server's counts
+            # below). An attempt that never reached upstream (the machine stalled past the
+            # attempt's timeout) costs a retry but no upstream call: counted, not failed.
+            attempt = int(healing.get("attempt") or 0)
+            if attempt < e.calls:
+                problems.append(f"{call}: activity attempt {attempt} < {e.calls} planned")
+            local_retries += attempt - e.calls
             healed_alone.append(call)
         elif step["status"] != "skipped":
             problems.append(f"{call} should have escalated ({e.faults}), got {step}")
@@ -454,7 +460,8 @@ async def test_heal_rate_matches_what_the_plan_allows(rig: Rig) -> None:
 
     rate = len(healed_alone) / len(calls)
     print(
-        f"[heal-rate] healed without a human: {len(healed_alone)}/{len(calls)} = {rate:.2%} "
+        f"[heal-rate] attempts that never reached upstream: {local_retries}; "
+        f"healed without a human: {len(healed_alone)}/{len(calls)} = {rate:.2%} "
         f"(limit {limit:.2%}); escalated {len(seen)}; upstream requests {stats.total_calls} "
         f"(= plan, {stats.total_calls / len(calls):.2f} per call); faults {stats.faults_by_kind} "
         f"{stats.faults_by_status}; creations {stats.creations}, replays "
