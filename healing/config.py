@@ -33,7 +33,12 @@ class BackoffPolicy(BaseModel):
 
 class BreakerPolicy(BaseModel):
     """Opens after ``failure_threshold`` failures in ``window_s`` that are also at least
-    ``min_failure_ratio`` of the window's calls; half-opens after ``open_s`` with one probe."""
+    ``min_failure_ratio`` of the window's calls; half-opens after ``open_s`` with one probe.
+
+    "At least half" is judged with a one-sided Wilson bound at ``ratio_confidence``: five
+    failures out of five calls open it, but a burst whose first answers happen to be half
+    failures (a flaky, working connector) does not. ``ratio_confidence=0.5`` is the plain ratio.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -42,6 +47,7 @@ class BreakerPolicy(BaseModel):
     window_s: float = Field(default=60.0, gt=0)
     min_failure_ratio: float = Field(default=0.5, ge=0, le=1)
     open_s: float = Field(default=30.0, gt=0)
+    ratio_confidence: float = Field(default=0.9, ge=0.5, lt=1)
 
 
 class LearningPolicy(BaseModel):

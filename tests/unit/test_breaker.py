@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from healing.breaker import MAX_WINDOW_ENTRIES, BreakerBoard, BreakerTransition, CircuitBreaker
+from healing.breaker import (
+    MAX_WINDOW_ENTRIES,
+    BreakerBoard,
+    BreakerTransition,
+    CircuitBreaker,
+    failure_ratio_bound,
+)
 from healing.config import BreakerPolicy
 
 POLICY = BreakerPolicy(failure_threshold=5, window_s=60.0, min_failure_ratio=0.5, open_s=30.0)
@@ -46,8 +52,8 @@ def test_busy_connector_with_scattered_faults_stays_closed() -> None:
     assert breaker.before_call(49.0) is None
 
 
-def test_ratio_rule_opens_when_failures_are_half_of_the_calls() -> None:
-    breaker = CircuitBreaker("crm", POLICY)
+def test_plain_ratio_rule_opens_when_failures_are_half_of_the_calls() -> None:
+    breaker = CircuitBreaker("crm", POLICY.model_copy(update={"ratio_confidence": 0.5}))
     for i in range(5):
         breaker.record_success(float(i))
     for i in range(4):
@@ -175,3 +181,31 @@ def test_board_with_disabled_policy_never_blocks() -> None:
 def test_rejects_a_zero_memory_cap() -> None:
     with pytest.raises(ValueError):
         CircuitBreaker("crm", POLICY, max_entries=0)
+
+
+def test_half_failures_in_a_small_sample_do_not_open_by_default() -> None:
+    # A flaky but working connector: a burst whose first 10 answers are half failures.
+    breaker = CircuitBreaker("crm", POLICY)
+    for i in range(5):
+        breaker.record_success(float(i))
+    for i in range(5):
+        assert breaker.record_failure(5.0 + i) is None
+    assert breaker.state == "closed"
+    # Failures keep coming: 10 of 15 calls is confidently over half (90% lower bound 0.501).
+    transitions = [breaker.record_failure(10.0 + i) for i in range(5)]
+    assert transitions[:4] == [None] * 4
+    assert transitions[4] is not None and transitions[4].to_state == "open"
+
+
+@pytest.mark.parametrize(
+    ("failures", "calls", "confidence", "expected"),
+    [
+        (5, 5, 0.9, 0.753),
+        (5, 10, 0.9, 0.312),
+        (8, 10, 0.9, 0.602),
+        (5, 10, 0.5, 0.5),
+        (0, 0, 0.9, 0.0),
+    ],
+)
+def test_failure_ratio_bound(failures: int, calls: int, confidence: float, expected: float) -> None:
+    assert failure_ratio_bound(failures, calls, confidence) == pytest.approx(expected, abs=1e-3)
