@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from temporalio import activity
 from temporalio.worker import ActivityOutboundInterceptor, ExecuteActivityInput
 
-from healing.integration import CallContext, integration_spec, read_hints
+from healing.integration import CallContext, IntegrationSpec, read_hints
 from healing.ledger import Ledger, is_ledger
 from healing.types import Classification, ErrorPattern, EventKind, HealingEvent
 
@@ -41,8 +41,12 @@ def arg_field(args: Any, name: str) -> str | None:
 class Attempt:
     """One attempt of one integration call, as the activity side sees it."""
 
-    def __init__(self, root: SelfHealingInterceptor, input: ExecuteActivityInput) -> None:
-        spec = integration_spec(input.fn)
+    def __init__(
+        self,
+        root: SelfHealingInterceptor,
+        input: ExecuteActivityInput,
+        spec: IntegrationSpec | None,
+    ) -> None:
         self.root = root
         self.info = activity.info()
         self.hints = read_hints(input.headers)

@@ -70,7 +70,8 @@ class _Call:
     errors: list[str] = dataclasses.field(default_factory=list)
     fingerprint: str | None = None
     alternatives: list[str] = dataclasses.field(default_factory=list)
-    report: FailureReport = dataclasses.field(default=None)  # type: ignore[assignment]
+    report: FailureReport | None = None
+    """The latest failure report; an escalation re-opened after a bad edit reuses it."""
 
     @property
     def first_failure(self) -> datetime:
@@ -417,6 +418,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 args = apply_patch(current.args, decision.input_patch or {})
             except DecisionError as exc:  # validated before; a default cannot carry a patch
                 self._note(call, esc.error_type, "decision", "failed", str(exc))
+                assert call.report is not None  # a decision follows a failure
                 return await self._escalate(current, call, call.report)
             current = dataclasses.replace(current, args=args)
             changes["edits"] = hints.edits + 1

@@ -175,11 +175,12 @@ class _ActivityInbound(ActivityInboundInterceptor):
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
+        spec = integration_spec(input.fn)
         if info.activity_type.startswith(HEALING_ACTIVITY_PREFIX) or (
-            integration_spec(input.fn) is None and not self.root.config.heal_all_activities
+            spec is None and not self.root.config.heal_all_activities
         ):
             return await self.next.execute_activity(input)
-        call = Attempt(self.root, input)
+        call = Attempt(self.root, input, spec)
         USER_HEARTBEAT.set(user_details(info.heartbeat_details))
         breaker = self.root.breakers.get(call.connector or info.activity_type)
 
@@ -202,9 +203,9 @@ class _ActivityInbound(ActivityInboundInterceptor):
         )
         token = _set_current(ctx)
         try:
-            limit = inner_timeout(info)
-            run = self.next.execute_activity(input)
-            result = await (asyncio.wait_for(run, limit) if limit else run)
+            # asyncio.timeout, not wait_for: no extra task per call on the happy path.
+            async with asyncio.timeout(inner_timeout(info)):
+                result = await self.next.execute_activity(input)
         except ApplicationError:
             if breaker.state == "half_open":
                 _log_transition(breaker.record_success(self.root.clock()))  # it answered
