@@ -3,7 +3,9 @@
 Environment: TEMPORAL_ADDRESS (default localhost:7233), TEMPORAL_NAMESPACE (default),
 HEALING_TASK_QUEUE (integrations), HEALING_CONNECTORS (connector catalog TOML, default
 connectors.toml), HEALING_STORE, HEALING_SECRET_KEY (decrypts the stored OAuth tokens of oauth2
-connectors; see ``healing credentials set``). Every other HEALING_* knob is a HealingConfig field.
+connectors; see ``healing credentials set``), HEALING_MAX_CACHED_WORKFLOWS (sticky cache size,
+0 turns it off), HEALING_MAX_CONCURRENT_ACTIVITIES, HEALING_MAX_CONCURRENT_WORKFLOW_TASKS (unset:
+the SDK's defaults). Every other HEALING_* knob is a HealingConfig field.
 
 It registers IntegrationWorkflow and the generic ``call_integration`` activity with the
 HealingPlugin (interceptor, healing activities, pydantic converter) and runs until Ctrl-C or
@@ -17,7 +19,8 @@ import logging
 import os
 import sys
 
-from healing.errors import HealingError
+from healing.client import check_address
+from healing.errors import ConfigError, HealingError
 from healing.runner import DEFAULT_ADDRESS, DEFAULT_NAMESPACE, run_worker
 
 
@@ -27,6 +30,11 @@ def main() -> int:
     )
     address = os.environ.get("TEMPORAL_ADDRESS") or DEFAULT_ADDRESS
     namespace = os.environ.get("TEMPORAL_NAMESPACE") or DEFAULT_NAMESPACE
+    try:
+        check_address(address)  # else the SDK's ValueError would be a traceback
+    except ConfigError as exc:
+        print(f"worker.py: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run_worker(address, namespace))
     except HealingError as exc:

@@ -2,7 +2,8 @@
 
 Every command that talks to Temporal takes ``--address`` (env ``TEMPORAL_ADDRESS``, default
 ``localhost:7233``) and ``--namespace`` (env ``TEMPORAL_NAMESPACE``, default ``default``).
-Problems print one line naming what is wrong and exit non-zero; a rejected decision exits 2.
+Problems print one line naming what is wrong and exit non-zero; a rejected decision and an
+address that is not host:port exit 2.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from healing import runner
-from healing.client import StatusReport, decide, healing_status, list_escalations
+from healing.client import StatusReport, check_address, decide, healing_status, list_escalations
 from healing.credentials import Credential, FileCredentialStore
-from healing.errors import DecisionError, HealingError
+from healing.errors import ConfigError, DecisionError, HealingError, WorkflowClosed
 from healing.store import connect_store
 from healing.types import DecisionOptionName, Escalation
 
@@ -139,6 +140,9 @@ async def cmd_decide(args: argparse.Namespace) -> int:
             decided_by=args.by,
             via="signal" if args.signal else "update",
         )
+    except WorkflowClosed as exc:
+        print(f"healing decide: {exc}", file=sys.stderr)
+        return 1
     except DecisionError as exc:
         print(f"healing decide: {args.workflow_id} refused {args.option}: {exc}", file=sys.stderr)
         return 2
@@ -320,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Handler, text: str, remote: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common] if remote else [], help=text, description=text)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, remote=remote)
         return p
 
     p = add("dev", cmd_dev, "run the Temporal dev server with its Web UI until Ctrl-C", False)
@@ -396,6 +400,14 @@ def _run(argv: Sequence[str] | None) -> int:
     except SystemExit as exc:  # argparse printed the problem (or --help)
         return exc.code if isinstance(exc.code, int) else 2
     handler: Handler = args.handler
+    if args.remote:
+        # The SDK would raise a bare ValueError (a traceback) for an address it cannot parse.
+        from_env = args.address == os.environ.get("TEMPORAL_ADDRESS")
+        try:
+            check_address(args.address, source="TEMPORAL_ADDRESS" if from_env else "--address")
+        except ConfigError as exc:
+            print(f"healing {args.command}: {exc}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(handler(args))
     except KeyboardInterrupt:

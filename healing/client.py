@@ -6,17 +6,47 @@ Used by the CLI and by users' own code; the same operations exist as plain Tempo
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
 
-from healing.errors import DecisionError, validation_problems
+from healing.errors import ConfigError, DecisionError, WorkflowClosed, validation_problems
 from healing.handlers import QUERY, SIGNAL, UPDATE
 from healing.types import DecisionOptionName, Escalation, EscalationDecision, HealingStatus
 
 AWAITING_QUERY = 'HealingStatus = "awaiting_decision" AND ExecutionStatus = "Running"'
+_HOST = re.compile(r"[\w.-]+")
+
+
+def check_address(address: str, *, source: str = "TEMPORAL_ADDRESS") -> tuple[str, int]:
+    """``(host, port)`` of a Temporal ``host:port``; ConfigError naming ``source`` otherwise.
+
+    Checked before connecting: the SDK raises a bare ValueError for these at connect time.
+    """
+    host, sep, port = address.strip().rpartition(":")
+    problem = None
+    if not sep or not host:
+        problem = "expected host:port, e.g. localhost:7233"
+    elif not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        problem = f"port {port!r} is not a number from 1 to 65535"
+    elif host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+            valid = "%" not in host  # the SDK takes no zone id
+        except ValueError:
+            valid = False
+        if not valid:
+            problem = f"{host} is not an IPv6 address"
+    elif not _HOST.fullmatch(host):
+        problem = f"host {host!r} is not a host name or IP address (no scheme, no spaces)"
+    if problem:
+        raise ConfigError(f"{source}={address!r} is not a valid Temporal address: {problem}")
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -105,12 +135,26 @@ async def decide(
         ) from None
     body = decision.model_dump(mode="json", exclude_none=True)
     handle = client.get_workflow_handle(workflow_id)
-    if via == "signal":
-        await handle.signal(SIGNAL, body)
-        return {"accepted": None, "option": option, "via": "signal"}
+    # The server answers NOT_FOUND for a closed workflow too; say which it is.
+    await _ensure_running(client, workflow_id)
     try:
+        if via == "signal":
+            await handle.signal(SIGNAL, body)
+            return {"accepted": None, "option": option, "via": "signal"}
         result: dict[str, Any] = await handle.execute_update(UPDATE, body)
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         raise DecisionError(getattr(cause, "message", None) or str(cause)) from None
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:  # it closed after the check
+            await _ensure_running(client, workflow_id)
+        raise
     return result
+
+
+async def _ensure_running(client: Client, workflow_id: str) -> None:
+    """Raise WorkflowClosed unless the workflow's latest run is running (RPCError NOT_FOUND
+    when there is no such workflow)."""
+    desc = await client.get_workflow_handle(workflow_id).describe()
+    if desc.status not in (None, WorkflowExecutionStatus.RUNNING):
+        raise WorkflowClosed(workflow_id, desc.status.name)

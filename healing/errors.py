@@ -3,12 +3,15 @@
     HealingError
     ├── ConfigError            broken config, catalog, store URL or environment variable
     ├── DecisionError          an escalation decision that cannot be applied
+    │   └── WorkflowClosed     the workflow has already completed, failed, ended...
     ├── CredentialError        a credential is missing or its refresh failed
     │   └── GrantRevoked       the refresh grant is dead (invalid_grant after re-reading the store)
     ├── StoreError             the healing store failed
     │   └── StoreUnavailable   the database cannot be reached (healing goes on from the matrix)
+    ├── RequestRefused         a call not sent: missing path parameter, unknown operation, ...
     └── IntegrationFailure     an integration call failed; carries status, headers and body
-        └── SchemaMismatch     a response did not fit the operation's response model
+        ├── SchemaMismatch     a response did not fit the operation's response model
+        └── ResponseTooLarge   a response body over the connector's max_response_bytes
 
 Foreign exceptions (httpx, pydantic) are translated once, where they are caught; the Temporal
 boundary (the interceptor) turns all of them into ``ApplicationError``.
@@ -34,6 +37,15 @@ class DecisionError(HealingError):
     """An escalation decision that is invalid for the open escalation."""
 
 
+class WorkflowClosed(DecisionError):
+    """A decision for a workflow that is no longer running; ``status`` is e.g. ``COMPLETED``."""
+
+    def __init__(self, workflow_id: str, status: str) -> None:
+        super().__init__(f"workflow {workflow_id} already completed ({status})")
+        self.workflow_id = workflow_id
+        self.status = status
+
+
 class CredentialError(HealingError):
     """A credential is missing or could not be refreshed."""
 
@@ -52,6 +64,20 @@ class StoreError(HealingError):
 
 class StoreUnavailable(StoreError):
     """The store's database cannot be reached."""
+
+
+class RequestRefused(HealingError):
+    """A call the activity will not send as asked: a path parameter is missing, the connector
+    or operation is unknown, or the connector is set up wrong. Classified BAD_REQUEST, so the
+    workflow escalates and a human can ``edit_and_retry`` (or fix the setup and ``retry``).
+    The message names what is missing or unknown, never a value."""
+
+    def __init__(
+        self, message: str, *, connector: str | None = None, operation: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.connector = connector
+        self.operation = operation
 
 
 class IntegrationFailure(HealingError):
@@ -95,6 +121,19 @@ class SchemaMismatch(IntegrationFailure):
         self.missing = missing or []
         self.unexpected = unexpected or []
         self.mapping = mapping or {}
+
+
+class ResponseTooLarge(IntegrationFailure):
+    """A response body over the connector's ``max_response_bytes``; reading stopped there.
+
+    ``limit`` is the connector's limit; ``size`` the Content-Length announced, or None when
+    the body had none (chunked) and was cut off once past the limit.
+    """
+
+    def __init__(self, message: str, *, limit: int, size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.limit = limit
+        self.size = size
 
 
 def validation_problems(

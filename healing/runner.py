@@ -14,7 +14,7 @@ import os
 import signal
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from temporalio.client import Client
 from temporalio.runtime import Runtime
@@ -37,8 +37,44 @@ CREDENTIALS_FILE_ENV = "HEALING_CREDENTIALS_FILE"
 DEFAULT_CREDENTIALS_FILE = ".healing/credentials.enc"
 
 
+# Worker cache size and concurrency: env variable -> (temporalio Worker option, least value).
+WORKER_TUNING_ENV = {
+    "HEALING_MAX_CACHED_WORKFLOWS": ("max_cached_workflows", 0),
+    "HEALING_MAX_CONCURRENT_ACTIVITIES": ("max_concurrent_activities", 1),
+    "HEALING_MAX_CONCURRENT_WORKFLOW_TASKS": ("max_concurrent_workflow_tasks", 1),
+}
+
+
 class ConnectError(HealingError):
     """The Temporal server cannot be reached."""
+
+
+class WorkerTuning(TypedDict, total=False):
+    max_cached_workflows: int
+    max_concurrent_activities: int
+    max_concurrent_workflow_tasks: int
+
+
+def worker_tuning(environ: Mapping[str, str] = os.environ) -> WorkerTuning:
+    """Worker options from ``WORKER_TUNING_ENV``; unset ones keep the SDK's defaults."""
+    options: WorkerTuning = {}
+    for var, (option, least) in WORKER_TUNING_ENV.items():
+        raw = environ.get(var, "").strip()
+        if not raw:
+            continue
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < least:
+            raise ConfigError(f"{var}={raw!r} is not a whole number of at least {least}")
+        options[option] = int(raw)  # type: ignore[literal-required]
+    # The SDK needs two workflow task slots when the sticky cache is on (it is by default).
+    if (
+        options.get("max_concurrent_workflow_tasks") == 1
+        and options.get("max_cached_workflows") != 0
+    ):
+        raise ConfigError(
+            "HEALING_MAX_CONCURRENT_WORKFLOW_TASKS=1 needs HEALING_MAX_CACHED_WORKFLOWS=0 "
+            "(a worker with a workflow cache needs at least 2 workflow task slots)"
+        )
+    return options
 
 
 def load_config(**overrides: Any) -> HealingConfig:
@@ -165,22 +201,24 @@ async def run_worker(address: str, namespace: str, *, stop: asyncio.Event | None
         ConnectError: The server cannot be reached.
     """
     config = load_config()
+    tuning = worker_tuning()
     catalog = load_connectors(config)
     tokens = token_refresher(config, catalog)
     # Opened before the worker exists: a bad HEALING_STORE fails here, naming the variable.
     store = await connect_store(config.store)
     plugin = HealingPlugin(config, alternatives=catalog.alternatives(), tokens=tokens, store=store)
     client = await connect(address, namespace, plugin)
-    worker, acts = build_worker(client, config, catalog, tokens=tokens)
+    worker, acts = build_worker(client, config, catalog, tokens=tokens, **tuning)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    in_use = worker.config(active_config=True)  # shows what the Worker took, not the env
     print(
         f"healing worker: task queue {worker.task_queue!r} on {address} "
         f"(namespace {namespace}), connectors: {', '.join(sorted(catalog.connectors)) or 'none'}"
-        "; Ctrl-C stops",
+        f"{''.join(f', {k}={in_use.get(k)}' for k in tuning)}; Ctrl-C stops",
         flush=True,
     )
     try:

@@ -1,8 +1,11 @@
 """IntegrationWorkflow: run catalog operations as steps, healed by the healing interceptor.
 
 Input ``{"steps": [{"connector": "crm", "operation": "get_contact", "params": {"id": "42"}}]}``;
-result ``{"steps": [{"status": "ok" | "skipped", "result": ..., "healing": {...}}]}``. A step a
+result ``{"steps": [{"status": "ok" | "skipped", "result": ..., "served_by": ..., "healing":
+{...}}]}`` (``served_by``: the connector that answered). A step a
 human aborts fails the workflow with the escalation's explanation (the interceptor raises it).
+Input that does not fit fails the workflow at once (non-retryable ``InvalidInput``), naming the
+field.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     from activities.integration import CALL_INTEGRATION, CallRequest
+    from healing.errors import validation_problems
 
 DEFAULT_TASK_QUEUE = "integrations"
 
@@ -30,6 +35,8 @@ class Step(BaseModel):
     operation: str
     params: dict[str, Any] = Field(default_factory=dict)
     body: Any = None
+    connection: str = Field(default="default", min_length=1)
+    """The account/tenant whose credentials the call uses (DESIGN s3)."""
 
 
 class IntegrationInput(BaseModel):
@@ -43,10 +50,30 @@ class IntegrationInput(BaseModel):
     parallel: bool = False
 
 
+def parse_input(raw: Any) -> IntegrationInput:
+    """Validate the workflow input; raises a non-retryable ``InvalidInput`` naming each field."""
+    if isinstance(raw, IntegrationInput):
+        return raw
+    try:
+        return IntegrationInput.model_validate(raw)
+    except ValidationError as exc:
+        # Input values stay out of the message: failures must not echo params (secrets).
+        problems = validation_problems(exc, root="input", show_input=False)
+        raise ApplicationError(
+            f"invalid IntegrationWorkflow input: {problems}",
+            type="InvalidInput",
+            non_retryable=True,
+        ) from None
+
+
 @workflow.defn(name="IntegrationWorkflow")
 class IntegrationWorkflow:
     @workflow.run
-    async def run(self, input: IntegrationInput) -> dict[str, Any]:
+    async def run(self, raw: Any = None) -> dict[str, Any]:
+        """``raw`` is an ``IntegrationInput`` or its JSON. Typed ``Any`` on purpose: a typed
+        parameter fails decoding before this code runs, and the SDK then retries the workflow
+        task forever instead of failing the workflow."""
+        input = parse_input(raw)
         steps = list(enumerate(input.steps))
         if input.parallel:
             results = list(await asyncio.gather(*(self._step(i, s, input) for i, s in steps)))
@@ -55,12 +82,15 @@ class IntegrationWorkflow:
         return {"steps": results}
 
     async def _step(self, index: int, step: Step, input: IntegrationInput) -> dict[str, Any]:
-        request = CallRequest(
-            connector=step.connector,
-            operation=step.operation,
-            params=step.params,
-            body=step.body,
-        )
+        fields: dict[str, Any] = {
+            "connector": step.connector,
+            "operation": step.operation,
+            "params": step.params,
+            "body": step.body,
+        }
+        if "connection" in CallRequest.model_fields:  # until every CallRequest carries it
+            fields["connection"] = step.connection
+        request = CallRequest(**fields)
         # A fixed activity id per step: healing restarts (reroute, refresh, edit) reuse it, so
         # the Idempotency-Key derived from it stays the same for the whole logical call.
         result: dict[str, Any] | None = await workflow.execute_activity(
@@ -74,10 +104,12 @@ class IntegrationWorkflow:
             return {
                 "status": "skipped",
                 "result": None,
+                "served_by": None,
                 "healing": {"connector": step.connector, "decision": "skip"},
             }
         return {
             "status": "ok",
             "result": result.get("result"),
+            "served_by": result.get("connector"),  # the alternative, after a reroute
             "healing": {**result.get("healing", {}), "connector": result.get("connector")},
         }

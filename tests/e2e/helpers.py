@@ -45,6 +45,13 @@ async def run(
     return proc.returncode, out.decode(), err.decode()
 
 
+def one_line(stderr: str) -> str:
+    """The only line of ``stderr``; fails when the error took more than one."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
+    return lines[0]
+
+
 async def healing(*args: str, within: float = 60.0) -> tuple[int, str, str]:
     return await run(*healing_command(), *args, within=within)
 

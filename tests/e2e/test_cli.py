@@ -22,14 +22,24 @@ from cryptography.fernet import Fernet
 from temporalio.client import Client
 
 from healing.cli import build_parser, main
+from healing.client import decide
 from healing.config import BackoffPolicy, HealingConfig
 from healing.devserver import DevServer, find_free_port, find_temporal_cli
+from healing.errors import WorkflowClosed
 from healing.plugin import HealingPlugin
 from healing.runner import build_worker, connect
 from healing.store import connect_store
 from healing.testing import ChaosAPI, FaultPlan, FaultRule, StatusFault
 from healing.types import ErrorPattern, ErrorType, HealingEvent
-from tests.e2e.helpers import crm_catalog, get_contact, healing, run, wait_until_awaiting
+from tests.e2e.helpers import (
+    crm_catalog,
+    get_contact,
+    healing,
+    healing_command,
+    one_line,
+    run,
+    wait_until_awaiting,
+)
 
 NOT_FOUND = StatusFault(status=404, vendor="hubspot")
 
@@ -84,6 +94,21 @@ def test_unreachable_server_is_one_clear_line(capsys: pytest.CaptureFixture[str]
     assert f"cannot connect to Temporal at {address}" in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("address", ["not a host:xx", "localhost:notaport", "http://h:7233"])
+async def test_unparsable_temporal_address_is_one_line(address: str) -> None:
+    code, _, err = await run(
+        *healing_command(), "status", "wf-1", env={"TEMPORAL_ADDRESS": address}
+    )
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert f"TEMPORAL_ADDRESS={address!r}" in one_line(err)
+
+
+def test_unparsable_address_flag_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decide", "wf-1", "retry", "--address", "localhost:notaport"]) == 2
+    assert "--address='localhost:notaport'" in one_line(capsys.readouterr().err)
 
 
 def test_broken_config_is_named(
@@ -315,6 +340,22 @@ async def test_unknown_workflow_is_named(stack: Stack) -> None:
     code, _, err = await healing("decide", "no-such-workflow", "skip", "--address", stack.address)
     assert code == 1
     assert "not found" in err and "Traceback" not in err
+
+
+async def test_decide_on_a_closed_workflow_says_it_completed(stack: Stack) -> None:
+    done = await stack.start("ok-1")
+    await asyncio.wait_for(stack.client.get_workflow_handle(done).result(), 30)
+    failed = await stack.start("missing-3")
+    await wait_until_awaiting(stack.client, failed)
+    await stack.client.get_workflow_handle(failed).terminate("test")
+    for wf, status in ((done, "COMPLETED"), (failed, "TERMINATED")):
+        for extra in ((), ("--signal",)):
+            code, _, err = await healing("decide", wf, "retry", *extra, "--address", stack.address)
+            assert code == 1, err
+            assert "Traceback" not in err
+            assert f"workflow {wf} already completed ({status})" in one_line(err)
+        with pytest.raises(WorkflowClosed, match=rf"already completed \({status}\)"):
+            await decide(stack.client, wf, "retry")
 
 
 async def test_setup_registers_search_attributes_idempotently(stack: Stack) -> None:

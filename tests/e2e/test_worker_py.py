@@ -12,12 +12,25 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from healing.devserver import DevServer
+from healing.devserver import DevServer, find_free_port
 from healing.plugin import HealingPlugin
 from healing.testing import ChaosAPI, FaultPlan, FaultRule, StatusFault
-from tests.e2e.helpers import ROOT, get_contact, healing_command, run
+from tests.e2e.helpers import ROOT, get_contact, healing_command, one_line, run
 
 WORKER = str(ROOT / "worker.py")
+COMMANDS = ["worker.py", "healing worker"]
+
+
+def worker_command(command: str) -> list[str]:
+    return [sys.executable, WORKER] if command == "worker.py" else [*healing_command(), "worker"]
+
+
+def startable_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A worker environment that gets as far as connecting (catalog and store in tmp_path)."""
+    catalog = tmp_path / "connectors.toml"
+    catalog.write_text('[connectors.crm]\nbase_url = "http://127.0.0.1:9"\n')
+    store = f"sqlite:///{tmp_path}/healing.db"
+    return {"HEALING_CONNECTORS": str(catalog), "HEALING_STORE": store, **extra}
 
 
 @pytest.mark.parametrize("command", ["worker.py", "healing worker"])
@@ -52,6 +65,54 @@ async def test_oauth2_connector_needs_the_secret_key(tmp_path: Path) -> None:
     assert "HEALING_SECRET_KEY" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("address", ["not a host:xx", "localhost:notaport", "localhost:99999"])
+async def test_unparsable_address_is_one_line_naming_temporal_address(
+    tmp_path: Path, command: str, address: str
+) -> None:
+    env = startable_env(tmp_path, TEMPORAL_ADDRESS=address)
+    code, _, err = await run(*worker_command(command), env=env)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "TEMPORAL_ADDRESS" in one_line(err) and repr(address) in err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+async def test_refused_connection_is_one_line_naming_the_address(
+    tmp_path: Path, command: str
+) -> None:
+    address = f"127.0.0.1:{find_free_port()}"
+    code, _, err = await run(
+        *worker_command(command), env=startable_env(tmp_path, TEMPORAL_ADDRESS=address)
+    )
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert f"cannot connect to Temporal at {address}" in one_line(err)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("HEALING_MAX_CACHED_WORKFLOWS", "lots"),
+        ("HEALING_MAX_CONCURRENT_ACTIVITIES", "0"),
+        ("HEALING_MAX_CONCURRENT_WORKFLOW_TASKS", "-3"),
+        ("HEALING_MAX_CONCURRENT_WORKFLOW_TASKS", "1"),  # the SDK needs 2 with a cache
+    ],
+)
+async def test_invalid_worker_tuning_names_the_variable(
+    tmp_path: Path, command: str, var: str, value: str
+) -> None:
+    # A refused address: the old code, which ignored these variables, ends there instead.
+    address = f"127.0.0.1:{find_free_port()}"
+    env = startable_env(tmp_path, TEMPORAL_ADDRESS=address, **{var: value})
+    code, _, err = await run(*worker_command(command), env=env)
+    assert code == 1, err
+    assert "Traceback" not in err
+    line = one_line(err)
+    assert f"{var}={value!r}" in line or f"{var}={value} " in line
+
+
 async def test_worker_py_runs_workflows_and_stops_on_sigint(
     dev_server: DevServer, tmp_path: Path
 ) -> None:
@@ -69,6 +130,9 @@ async def test_worker_py_runs_workflows_and_stops_on_sigint(
             "HEALING_TASK_QUEUE": task_queue,
             "HEALING_CONNECTORS": str(catalog),
             "HEALING_BACKOFF__INITIAL_S": "0.2",
+            "HEALING_MAX_CACHED_WORKFLOWS": "10",
+            "HEALING_MAX_CONCURRENT_ACTIVITIES": "3",
+            "HEALING_MAX_CONCURRENT_WORKFLOW_TASKS": "2",
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -82,6 +146,9 @@ async def test_worker_py_runs_workflows_and_stops_on_sigint(
             assert proc.stdout is not None
             banner = await asyncio.wait_for(proc.stdout.readline(), 30)
             assert task_queue in banner.decode()
+            # The banner reads the Worker's own config: the env reached the Worker.
+            assert "max_cached_workflows=10, max_concurrent_activities=3" in banner.decode()
+            assert "max_concurrent_workflow_tasks=2" in banner.decode()
             client = await Client.connect(dev_server.address, plugins=[HealingPlugin()])
             result = await client.execute_workflow(
                 "IntegrationWorkflow",
