@@ -75,6 +75,9 @@ class LearningPolicy(BaseModel):
     """How long a worker reuses a pattern's stats before reading the store again."""
     explore_rate: float = Field(default=0.05, ge=0, le=1)
     """Share of calls that still retry a pattern learned as hopeless, so evidence can change."""
+    evidence_ttl_s: float = Field(default=3600.0, gt=0)
+    """Evidence ages: a pattern not seen failing for this long gives no hint (an outage's
+    hopeless verdict must not send a later one-off failure straight to a human)."""
 
 
 class HealingConfig(BaseSettings):
@@ -94,6 +97,10 @@ class HealingConfig(BaseSettings):
     """Time one call may spend healing (retries, waits) before it escalates."""
     max_retry_after_s: float = Field(default=120.0, gt=0)
     """A Retry-After longer than this (or than the budget left) escalates instead of waiting."""
+    max_wait_s: float = Field(default=24 * 3600.0, gt=0)
+    """The longest a ``wait`` decision parks a call, whatever the human or the service asked."""
+    default_wait_s: float = Field(default=60.0, gt=0)
+    """A ``wait`` decision's length when neither the human nor the service named one."""
     escalation_timeout_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     escalation_default: DecisionOptionName = "abort"
     heal_all_activities: bool = False

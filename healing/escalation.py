@@ -6,7 +6,7 @@ Pure functions: the workflow side passes in ids and times, so they replay determ
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -37,6 +37,11 @@ _WHAT_FAILED: dict[ErrorType, str] = {
     ErrorType.CIRCUIT_OPEN: "was held back: the connector's circuit breaker is open",
     ErrorType.QUOTA_EXHAUSTED: "hit the service's request quota",
     ErrorType.CONFLICT: "kept conflicting with another in-flight request",
+    ErrorType.RESPONSE_TOO_LARGE: (
+        "got a response larger than the connector's max_response_bytes: raise "
+        "max_response_bytes for the connector, or narrow or paginate the request "
+        "(edit_and_retry)"
+    ),
 }
 
 _EFFECTS: dict[DecisionOptionName, tuple[str, str]] = {
@@ -50,7 +55,7 @@ _EFFECTS: dict[DecisionOptionName, tuple[str, str]] = {
 }
 
 # Answers about the request itself: another region of the same API would say the same.
-_PERMANENT_HERE = {ErrorType.NOT_FOUND, ErrorType.BAD_REQUEST}
+_PERMANENT_HERE = {ErrorType.NOT_FOUND, ErrorType.BAD_REQUEST, ErrorType.RESPONSE_TOO_LARGE}
 _AUTH = {ErrorType.AUTH_INVALID, ErrorType.AUTH_EXPIRED, ErrorType.PERMISSION_DENIED}
 _WAITABLE = {
     ErrorType.RATE_LIMITED,
@@ -62,8 +67,33 @@ _WAITABLE = {
 }
 
 
-def options_for(error_type: ErrorType, alternatives: Sequence[str]) -> list[EscalationOption]:
-    """The options that make sense for this error, most useful first."""
+def format_duration(seconds: float) -> str:
+    """Seconds in human units: ``45s``, ``2m 30s``, ``3h 5m``, ``7d``."""
+    total = max(round(seconds), 0)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
+def options_for(
+    error_type: ErrorType,
+    alternatives: Sequence[str],
+    *,
+    wait_s: float | None = None,
+    opened_at: datetime | None = None,
+) -> list[EscalationOption]:
+    """The options that make sense for this error, most useful first.
+
+    ``wait_s`` is how long ``wait`` waits without a ``wait_s`` of its own (already bounded by
+    ``HealingConfig.max_wait_s``); the option then says when the call would resume.
+    """
     names: list[DecisionOptionName] = []
     if error_type in _AUTH:
         names.append("reauthorized")
@@ -72,7 +102,19 @@ def options_for(error_type: ErrorType, alternatives: Sequence[str]) -> list[Esca
     if alternatives and error_type not in _PERMANENT_HERE:
         names.append("reroute")
     names += ["retry", "edit_and_retry", "skip", "abort"]
-    return [EscalationOption(option=n, label=_EFFECTS[n][0], effect=_EFFECTS[n][1]) for n in names]
+    options = [
+        EscalationOption(option=n, label=_EFFECTS[n][0], effect=_EFFECTS[n][1]) for n in names
+    ]
+    if wait_s is not None and "wait" in names:
+        resume = ""
+        if opened_at is not None:
+            at = opened_at + timedelta(seconds=wait_s)
+            resume = f"; decided now, it resumes at {at:%Y-%m-%d %H:%M} UTC"
+        effect = f"wait {format_duration(wait_s)} (or `wait_s`), then retry{resume}"
+        options = [
+            o.model_copy(update={"effect": effect}) if o.option == "wait" else o for o in options
+        ]
+    return options
 
 
 def explain(
@@ -119,8 +161,11 @@ def build_escalation(
     opened_at: datetime,
     timeout_s: float,
     default_option: DecisionOptionName,
+    wait_s: float | None = None,
 ) -> Escalation:
-    options = options_for(classification.error_type, alternatives)
+    options = options_for(
+        classification.error_type, alternatives, wait_s=wait_s, opened_at=opened_at
+    )
     offered = {o.option for o in options}
     return Escalation(
         escalation_id=escalation_id,
@@ -155,7 +200,8 @@ def to_markdown(escalations: Sequence[Escalation]) -> str:
         parts.append(
             f"## Needs a decision: {esc.error_type.value}\n\n"
             f"{esc.explanation}\n\n### Options\n{opts}\n\n"
-            f"Escalation `{esc.escalation_id}`; without a decision in {esc.timeout_s:.0f}s, "
+            f"Escalation `{esc.escalation_id}`; without a decision in "
+            f"{format_duration(esc.timeout_s)}, "
             f"**{esc.default_option}** applies.\n\n"
             f"Decide: `healing decide {esc.workflow_id} <option>` or signal "
             f'`escalation_decision` with `{{"option": "retry"}}`.'

@@ -20,12 +20,14 @@ from temporalio.worker import (
 
 from healing.errors import DecisionError, validation_problems
 from healing.escalation import apply_patch, check_decision, to_markdown
+from healing.policy import final_state
 from healing.types import (
     Escalation,
     EscalationDecision,
     HealingAttempt,
     HealingState,
     HealingStatus,
+    RetriesHealed,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +37,9 @@ SEARCH_ATTRIBUTES = {"HealingStatus": "Keyword", "HealingErrorType": "Keyword"}
 STATUS_KEY = SearchAttributeKey.for_keyword("HealingStatus")
 ERROR_TYPE_KEY = SearchAttributeKey.for_keyword("HealingErrorType")
 QUERY, SIGNAL, UPDATE = "healing_status", "escalation_decision", "decide_escalation"
+HEALED_SIGNAL = "healing_healed_by_retries"
+"""Sent by the activity side when server retries healed a call: the workflow cannot see
+those retries otherwise, and the signal records them in history."""
 _HISTORY = 50
 _SA_PATCH = "healing-search-attributes"
 
@@ -55,6 +60,8 @@ class WorkflowHealing:
         self.features: dict[str, bool] = {}
         self.args: dict[str, list[Any]] = {}
         """Each open escalation's call arguments, to check an edit before accepting it."""
+        self.human = False
+        """A human decided at least once in this run: it ends ``resolved``, not ``healed``."""
 
     def snapshot(self) -> HealingStatus:
         return HealingStatus(
@@ -109,7 +116,30 @@ class WorkflowHealing:
             apply_patch(self.args.get(esc.escalation_id, []), decision.input_patch or {})
         return esc
 
+    def healed_by_retries(self, raw: Any) -> None:
+        """Record a heal done by server retries alone (``HEALED_SIGNAL``)."""
+        try:
+            report = RetriesHealed.model_validate(raw)
+        except ValidationError as exc:
+            workflow.logger.warning("ignoring %s signal: %s", HEALED_SIGNAL, exc)
+            return
+        self.count(report.counts_by_type)
+        tried = ", ".join(f"{k} x{n}" for k, n in sorted(report.counts_by_type.items()))
+        self.record(
+            HealingAttempt(
+                at=workflow.now(),
+                error_type=report.error_type,
+                strategy=report.strategy,
+                outcome="healed",
+                detail=f"{report.activity} healed by server retries in {report.heal_s:.1f}s "
+                f"({tried})",
+            )
+        )
+        if self.state in ("idle", "healing", "healed"):
+            self.set("healed")
+
     def decide(self, esc: Escalation, decision: EscalationDecision) -> None:
+        self.human = True
         self.open.pop(esc.escalation_id, None)
         self.args.pop(esc.escalation_id, None)
         self.decisions[esc.escalation_id] = decision
@@ -171,6 +201,8 @@ class _WorkflowInbound(WorkflowInboundInterceptor):
             workflow.set_signal_handler(SIGNAL, on_signal)
         else:
             workflow.logger.warning("workflow defines its own %s signal; not replacing it", SIGNAL)
+        if workflow.get_signal_handler(HEALED_SIGNAL) is None:
+            workflow.set_signal_handler(HEALED_SIGNAL, state.healed_by_retries)
         if workflow.get_update_handler(UPDATE) is None:
             workflow.set_update_handler(UPDATE, on_update, validator=validate)
         else:
@@ -186,7 +218,7 @@ class _WorkflowInbound(WorkflowInboundInterceptor):
                 self.state.set("failed")
             raise
         if self.state.touched and self.state.state != "failed":
-            self.state.set("healed")
+            self.state.set(final_state(decided_by_human=self.state.human))
         return result
 
 

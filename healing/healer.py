@@ -23,10 +23,11 @@ from temporalio.worker import (
 )
 
 from healing.errors import DecisionError
-from healing.escalation import apply_patch, build_escalation
+from healing.escalation import apply_patch, build_escalation, format_duration
 from healing.integration import HINTS_HEADER, CallHints, encode_hints, read_hints
 from healing.journal import Journal, learned_hint
 from healing.ledger import pattern_of
+from healing.policy import StepSituation, final_state, next_step, wait_after_decision
 from healing.types import (
     REPORT_KEY,
     ErrorType,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 REFRESH_ACTIVITY = "healing_refresh_credentials"
 ADAPT_ACTIVITY = "healing_adapt_schema"
 ABORTED_TYPE = "HealingAborted"
-_REROUTABLE = {ErrorType.SERVICE_DOWN, ErrorType.CIRCUIT_OPEN}
 _SKIP = object()
 _STORE_PATCH = "healing-store"
 _LEARN_PATCH = "healing-learning"
@@ -138,9 +138,6 @@ class HealingOutbound(WorkflowOutboundInterceptor):
     async def _succeeded(self, call: _Call, result: Any) -> Any:
         healing = result.get("healing") if isinstance(result, dict) else None
         if isinstance(healing, dict):
-            counts = healing.get("counts_by_type")
-            if isinstance(counts, dict):
-                self.state.count({str(k): int(v) for k, v in counts.items()})
             healing.update(
                 workflow_rounds=len(call.errors),
                 refreshes=call.refreshes,
@@ -149,18 +146,17 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 escalated=bool(call.decisions),
             )
         if call.errors:
-            self._note(
-                call, None, "decision" if call.decisions else HealingStrategy.RETRY, "healed"
-            )
-            self.state.set("healed")
+            human = bool(call.decisions)
+            self._note(call, None, "decision" if human else HealingStrategy.RETRY, "healed")
+            self.state.set(final_state(decided_by_human=human))
             heal_s = (workflow.now() - call.first_failure).total_seconds()
             last = call.attempts[0]
             call.journal.event(
                 "healed",
                 error_type=last.error_type,
                 fingerprint=call.fingerprint,
-                strategy=call.journal.pending[-1][1] if call.journal.pending else None,
-                outcome="healed",
+                strategy=call.journal.last_strategy,
+                outcome="resolved" if human else "healed",
                 duration_s=heal_s,
             )
             call.journal.settle(healed=True, heal_s=heal_s)
@@ -214,15 +210,22 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             detail += f"; learned: {hint['reason']}"
         self._note(call, etype, cls.strategy, "failed", detail)
         pattern = pattern_of(cls, call.connector, call.operation)
-        found = {"error_type": etype, "fingerprint": cls.fingerprint}
         self.state.set("healing", etype.value)
         hints = _hints(current)
         connector = hints.connector or call.connector
 
-        # Bounds come from the recorded classification, not live config: replays decide alike.
-        if etype is ErrorType.AUTH_EXPIRED and connector and call.refreshes < cls.max_attempts:
+        verdict = next_step(
+            StepSituation(
+                classification=cls,
+                refreshes=call.refreshes,
+                adapts=call.adapts,
+                untried_alternatives=tuple(self._untried(call, connector)) if connector else (),
+                has_connector=bool(connector),
+            )
+        )
+        if verdict.action == "refresh" and connector:
             call.refreshes += 1
-            journal.tried(pattern, HealingStrategy.REFRESH_TOKEN.value)
+            journal.tried(pattern, HealingStrategy.REFRESH_TOKEN)
             problem = await self._run_healing_activity(
                 REFRESH_ACTIVITY,
                 {
@@ -234,7 +237,13 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             )
             if problem is None:
                 self._note(call, etype, HealingStrategy.REFRESH_TOKEN, "healed", "token refreshed")
-                journal.event("refreshed", **found, strategy="refresh_token", outcome="ok")
+                journal.event(
+                    "refreshed",
+                    error_type=etype,
+                    fingerprint=cls.fingerprint,
+                    strategy=HealingStrategy.REFRESH_TOKEN,
+                    outcome="ok",
+                )
                 return _with_hints(current, round=hints.round + 1, budget_s=self._budget(call))
             message, kind = problem
             update: dict[str, Any] = {"reason": f"refreshing the credentials failed: {message}"}
@@ -245,13 +254,9 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                     update={"error_type": ErrorType.AUTH_INVALID, "retryable": False}
                 )
             report = report.model_copy(update=update)
-        elif (
-            etype is ErrorType.SCHEMA_MISMATCH
-            and cls.schema_mapping
-            and call.adapts < cls.max_attempts
-        ):
+        elif verdict.action == "adapt":
             call.adapts += 1
-            journal.tried(pattern, HealingStrategy.SCHEMA_ADAPT.value)
+            journal.tried(pattern, HealingStrategy.SCHEMA_ADAPT)
             mapping = {**hints.schema_mapping, **cls.schema_mapping}
             problem = await self._run_healing_activity(
                 ADAPT_ACTIVITY,
@@ -261,32 +266,38 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             if problem is None:
                 detail = ", ".join(f"{k}->{v}" for k, v in sorted(mapping.items()))
                 self._note(call, etype, HealingStrategy.SCHEMA_ADAPT, "healed", detail)
-                journal.event("adapted", **found, strategy="schema_adapt", outcome=detail)
+                journal.event(
+                    "adapted",
+                    error_type=etype,
+                    fingerprint=cls.fingerprint,
+                    strategy=HealingStrategy.SCHEMA_ADAPT,
+                    outcome=detail,
+                )
                 return _with_hints(
                     current,
                     schema_mapping=mapping,
                     round=hints.round + 1,
                     budget_s=self._budget(call),
                 )
-        elif etype in _REROUTABLE and connector:
-            untried = self._untried(call, connector)
-            if untried:
-                call.rerouted.append(untried[0])
-                journal.tried(pattern, "reroute")
-                journal.event("rerouted", **found, strategy="reroute", outcome=untried[0])
-                self._note(
-                    call,
-                    etype,
-                    HealingStrategy.RETRY_THEN_REROUTE,
-                    "failed",
-                    f"reroute to {untried[0]}",
-                )
-                return _with_hints(
-                    current,
-                    connector=untried[0],
-                    round=hints.round + 1,
-                    budget_s=self._budget(call),
-                )
+        elif verdict.action == "reroute" and verdict.target:
+            target = verdict.target
+            call.rerouted.append(target)
+            journal.tried(pattern, HealingStrategy.REROUTE)
+            journal.event(
+                "rerouted",
+                error_type=etype,
+                fingerprint=cls.fingerprint,
+                strategy=HealingStrategy.REROUTE,
+                outcome=target,
+            )
+            self._note(call, etype, HealingStrategy.REROUTE, "failed", f"reroute to {target}")
+            return _with_hints(
+                current,
+                connector=target,
+                rerouted=list(call.rerouted),
+                round=hints.round + 1,
+                budget_s=self._budget(call),
+            )
         return await self._escalate(current, call, report)
 
     def _untried(self, call: _Call, connector: str) -> list[str]:
@@ -334,6 +345,12 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             opened_at=workflow.now(),
             timeout_s=cfg.escalation_timeout_s,
             default_option=cfg.escalation_default,
+            wait_s=wait_after_decision(
+                asked_s=None,
+                retry_after_s=cls.retry_after_s,
+                default_s=cfg.default_wait_s,
+                max_s=cfg.max_wait_s,
+            ),
         )
         self._note(call, cls.error_type, HealingStrategy.ESCALATE, "escalated", report.reason)
         call.journal.settle(healed=False)
@@ -341,7 +358,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             "escalated",
             error_type=cls.error_type,
             fingerprint=cls.fingerprint,
-            strategy="escalate",
+            strategy=HealingStrategy.ESCALATE,
             outcome=report.reason,
         )
         await call.journal.flush()
@@ -396,7 +413,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         self.state.set("healing", esc.error_type.value)
         if decision.option == "skip":
             self._note(call, esc.error_type, "decision", "skipped")
-            self.state.set("healed")
+            self.state.set(final_state(decided_by_human=True))
             await call.journal.flush()
             return _SKIP
         # Every other option runs the call again with a fresh budget.
@@ -405,14 +422,30 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         hints = _hints(current)
         changes: dict[str, Any] = {"round": hints.round + 1, "budget_s": None}
         if decision.option == "wait":
-            delay = decision.wait_s or esc.classification.retry_after_s or 60.0
+            delay = wait_after_decision(
+                asked_s=decision.wait_s,
+                retry_after_s=esc.classification.retry_after_s,
+                default_s=self.root.config.default_wait_s,
+                max_s=self.root.config.max_wait_s,
+            )
+            until = workflow.now() + timedelta(seconds=delay)
+            self._note(
+                call,
+                esc.error_type,
+                "decision",
+                "waiting",
+                f"waiting {format_duration(delay)}, resumes at {until:%Y-%m-%d %H:%M:%S} UTC",
+                delay_s=delay,
+            )
             await workflow.sleep(
-                delay, summary=f"wait {delay:.0f}s before retrying ({esc.error_type.value})"
+                delay,
+                summary=f"wait {format_duration(delay)} before retrying ({esc.error_type.value})",
             )
         elif decision.option == "reroute":
             target = decision.alternative or esc.alternatives[0]
             call.rerouted.append(target)
             changes["connector"] = target
+            changes["rerouted"] = list(call.rerouted)
         elif decision.option == "edit_and_retry":
             try:
                 args = apply_patch(current.args, decision.input_patch or {})

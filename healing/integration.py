@@ -38,6 +38,8 @@ class CallHints(BaseModel):
 
     connector: str | None = None
     """Reroute target replacing the call's own connector."""
+    rerouted: list[str] = Field(default_factory=list)
+    """Every connector the workflow side has rerouted this call to so far."""
     schema_mapping: dict[str, str] = Field(default_factory=dict)
     """Renames (observed -> expected) to apply to the response before validating it."""
     round: int = 0

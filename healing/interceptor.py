@@ -39,16 +39,17 @@ from healing.breaker import BreakerBoard, BreakerTransition
 from healing.classify import Failure, classify_error, detect_error, load_rules
 from healing.config import HealingConfig
 from healing.eventlog import EventLog
-from healing.handlers import SEARCH_ATTRIBUTES
+from healing.handlers import HEALED_SIGNAL, SEARCH_ATTRIBUTES
 from healing.integration import (
     CallContext,
     _reset_current,
     _set_current,
     integration_spec,
 )
-from healing.learning import RETRY_STRATEGIES, StrategyHint, learned_delay
+from healing.learning import RETRY_STRATEGIES, StrategyHint
 from healing.ledger import Ledger, pattern_of, user_details
 from healing.patterns import PatternCache
+from healing.policy import TRANSIENT_TYPES, AttemptSituation, next_attempt
 from healing.store.base import Store
 from healing.types import (
     REPORT_KEY,
@@ -56,6 +57,7 @@ from healing.types import (
     ErrorType,
     FailureReport,
     HealingStrategy,
+    RetriesHealed,
 )
 
 logger = logging.getLogger("healing")
@@ -69,11 +71,7 @@ _BREAKER_TYPES = {
     ErrorType.INTERNAL_ERROR,
 }
 _CONVERTER = temporalio.converter.PayloadConverter.default
-# Strategies only the workflow side can carry out (it runs the healing activities).
-_WORKFLOW_STRATEGIES = {
-    HealingStrategy.REFRESH_TOKEN: "a credential refresh",
-    HealingStrategy.SCHEMA_ADAPT: "a schema adaptation",
-}
+_SIGNAL_TIMEOUT_S = 5.0
 
 
 class SelfHealingInterceptor(Interceptor):
@@ -82,7 +80,8 @@ class SelfHealingInterceptor(Interceptor):
     Args:
         config: All knobs; defaults follow the spec's matrix.
         alternatives: Reroute targets per connector (from the connector catalog).
-        clock: Monotonic clock for the circuit breakers (injected in tests).
+        clock: Monotonic seconds for the circuit breakers and budgets (injected in tests).
+        wall_clock: Aware "now" for classification (HTTP-date Retry-After) and outage times.
         store: Where events and learned error patterns go; None heals from the matrix alone.
     """
 
@@ -92,23 +91,29 @@ class SelfHealingInterceptor(Interceptor):
         *,
         alternatives: Mapping[str, list[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         store: Store | None = None,
     ) -> None:
         self.config = config or HealingConfig()
         self.alternatives = {k: list(v) for k, v in (alternatives or {}).items()}
         self.clock = clock
+        self.wall_clock = wall_clock
         self.breakers = BreakerBoard(self.config.breaker)
         # Off until check_search_attributes has seen them registered: an upsert of an unknown
         # attribute would fail every workflow task.
         self.search_attributes_enabled = False
         self.rules = load_rules(self.config)  # validated once: a bad rule fails at start-up
+        self.outages: dict[str, tuple[str, Classification]] = {}
+        """Per connector: since when it fails (ISO time) and its latest unhealthy answer."""
         self.attach_store(store)
 
     def attach_store(self, store: Store | None) -> None:
         """Use ``store`` for the event log and learned patterns (None: matrix only)."""
         self.store = store
         self.events = EventLog(store, clock=self.clock)
-        self.patterns = PatternCache(store, self.config.learning, clock=self.clock)
+        self.patterns = PatternCache(
+            store, self.config.learning, clock=self.clock, wall_clock=self.wall_clock
+        )
 
     @property
     def learning(self) -> bool:
@@ -143,8 +148,13 @@ class SelfHealingInterceptor(Interceptor):
         self.search_attributes_enabled = not missing
         return not missing
 
+    def note_outage(self, connector: str, cls: Classification) -> None:
+        now = self.wall_clock().isoformat(timespec="seconds")
+        since = self.outages.get(connector, (now,))[0]
+        self.outages[connector] = (since, cls)
+
     def classify(self, failure: Failure) -> Classification:
-        return classify_error(failure, config=self.config, now=datetime.now(UTC), rules=self.rules)
+        return classify_error(failure, config=self.config, now=self.wall_clock(), rules=self.rules)
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _ActivityInbound(next, self)
@@ -155,6 +165,14 @@ class SelfHealingInterceptor(Interceptor):
         from healing.handlers import make_workflow_inbound
 
         return make_workflow_inbound(self)
+
+
+def _outage_note(since: str, cls: Classification) -> str:
+    """Since when the upstream fails and what it last answered, for the escalation."""
+    answer = f"HTTP {cls.status_code}" if cls.status_code else cls.error_type.value
+    if cls.vendor_code:
+        answer += f" (code {cls.vendor_code})"
+    return f"; failing since {since.replace('T', ' ')}, last answer {answer}"
 
 
 def _log_transition(change: BreakerTransition | None) -> None:
@@ -186,9 +204,11 @@ class _ActivityInbound(ActivityInboundInterceptor):
 
         wait = breaker.before_call(call.started)
         if wait is not None:
+            outage = self.root.outages.get(breaker.connector)
+            note = _outage_note(*outage) if outage else ""
             failure = Failure(
                 exception="healing.CircuitOpen",
-                message=f"circuit for {call.connector} is open",
+                message=f"circuit for {breaker.connector} is open{note}",
                 connector=call.connector,
                 operation=call.operation,
             )
@@ -218,16 +238,19 @@ class _ActivityInbound(ActivityInboundInterceptor):
         else:
             detected = detect_error(result, connector=call.connector, operation=call.operation)
             if detected is None:
+                self.root.outages.pop(breaker.connector, None)
                 if counts_for_breaker:
                     _log_transition(breaker.record_success(self.root.clock()))
                 if call.ledger.pattern is not None:
-                    self._healed(call)
+                    await self._healed(call)
                 return result
             failure = detected
         finally:
             _reset_current(token)
 
         cls = self.root.classify(failure)
+        if cls.error_type in _BREAKER_TYPES:
+            self.root.note_outage(breaker.connector, cls)
         if counts_for_breaker and cls.error_type in _BREAKER_TYPES:
             _log_transition(breaker.record_failure(self.root.clock()))
         elif breaker.state == "half_open":
@@ -235,14 +258,42 @@ class _ActivityInbound(ActivityInboundInterceptor):
             _log_transition(breaker.record_success(self.root.clock()))
         raise await self._verdict(cls, call)
 
-    def _healed(self, call: Attempt) -> None:
-        """A success after failures: the retries healed the pattern (learning evidence)."""
+    async def _healed(self, call: Attempt) -> None:
+        """A success after failures: the retries healed the pattern (learning evidence), and
+        the workflow is told, since it cannot see server retries (``HEALED_SIGNAL``)."""
         pattern, strategy = call.ledger.pattern, call.ledger.strategy or "retry"
         assert pattern is not None
         heal_s = round(call.elapsed(), 3)
+        # A wait the healer imposed (behind the circuit, at the probe cadence) measures our
+        # pacing, not the upstream's recovery: it heals, but teaches no recovery time.
+        learned_s = None if call.ledger.waited else heal_s
         call.root.events.start()
-        call.root.events.record_outcome(pattern, strategy, healed=True, heal_s=heal_s)
-        call.event("healed", pattern, strategy=strategy, outcome="healed", duration_s=heal_s)
+        call.root.events.record_outcome(pattern, strategy, healed=True, heal_s=learned_s)
+        # Median heal times come from "healed" events of the strategy: file imposed waits apart.
+        shown = HealingStrategy.WAIT_CIRCUIT.value if call.ledger.waited else strategy
+        call.event("healed", pattern, strategy=shown, outcome="healed", duration_s=heal_s)
+        info = call.info
+        if info.is_local or not info.workflow_id:
+            return
+        report = RetriesHealed(
+            activity=info.activity_type,
+            activity_id=info.activity_id,
+            attempts=info.attempt,
+            counts_by_type=dict(call.ledger.counts),
+            error_type=pattern.error_type,
+            strategy=HealingStrategy(strategy)
+            if strategy in HealingStrategy._value2member_map_
+            else HealingStrategy.RETRY,
+            heal_s=heal_s,
+        )
+        try:
+            handle = activity.client().get_workflow_handle(
+                info.workflow_id, run_id=info.workflow_run_id
+            )
+            async with asyncio.timeout(_SIGNAL_TIMEOUT_S):
+                await handle.signal(HEALED_SIGNAL, report.model_dump(mode="json"))
+        except Exception as exc:  # the result matters more than the report of its heal
+            logger.warning("could not report the heal of %s: %s", info.activity_id, exc)
 
     async def _hint(self, cls: Classification, call: Attempt, budget: float) -> StrategyHint | None:
         if not self.root.learning or not cls.retryable:
@@ -264,7 +315,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
         return rate > 0 and random.Random(seed).random() < rate
 
     async def _verdict(self, cls: Classification, call: Attempt) -> ApplicationError:
-        """Turn a classification into the error the server acts on."""
+        """Turn a classification into the error the server acts on (``policy.next_attempt``)."""
         cfg = self.root.config
         info = call.info
         key = cls.error_type.value
@@ -278,44 +329,46 @@ class _ActivityInbound(ActivityInboundInterceptor):
         elapsed = call.elapsed()
         budget = cfg.healing_budget_s if call.hints.budget_s is None else call.hints.budget_s
         hint = await self._hint(cls, call, budget)
-        delay = learned_delay(hint, self._backoff(used, info), retry_after=cls.retry_after_s)
-        if cls.retry_after_s is not None:
-            # Never sooner than asked, but spread: callers throttled together do not return
-            # together.
-            delay *= 1 + random.Random(f"ra:{info.workflow_id}:{info.activity_id}").uniform(0, 0.1)
-
-        reason = ""
-        if not cls.retryable:
-            reason = f"{key} is not retryable"
-        elif cls.escalate_now:
-            reason = f"{key} cannot heal by waiting now ({cls.rule})"
-        elif cls.strategy in _WORKFLOW_STRATEGIES:
-            # Retrying with the same token or schema cannot work: hand over at once.
-            reason = f"{key} needs {_WORKFLOW_STRATEGIES[cls.strategy]}"
-        elif hint is not None and hint.skip_retries:
-            reason = f"learned: {hint.reason}"
-        elif used > cls.max_attempts and cls.error_type is not ErrorType.CIRCUIT_OPEN:
-            # Waiting behind an open circuit sends nothing upstream: the budget bounds it.
-            circuit_wait = self._circuit_wait(cls, call)
-            if circuit_wait is not None and elapsed + circuit_wait <= budget:
-                delay = circuit_wait  # the connector is down for everyone: wait it out
-            else:
-                reason = f"the retry budget for {key} is spent ({cls.max_attempts} retries)"
-        elif cls.retry_after_s is not None and cls.retry_after_s > cfg.max_retry_after_s:
-            reason = f"the service asks to wait {cls.retry_after_s:.0f}s, past the limit"
-        elif elapsed + delay > budget:
-            reason = f"the healing budget of {budget:.0f}s would be exceeded"
-
+        spread = random.Random(f"ra:{info.workflow_id}:{info.activity_id}:{used}").uniform(0, 0.1)
+        verdict = next_attempt(
+            AttemptSituation(
+                classification=cls,
+                used=used,
+                elapsed_s=elapsed,
+                budget_s=budget,
+                backoff_s=self._backoff(used, info),
+                probe_interval_s=cfg.breaker.open_s,
+                max_retry_after_s=cfg.max_retry_after_s,
+                hint=hint,
+                circuit_wait_s=self._circuit_wait(cls, call),
+                has_alternative=bool(self._untried(call)),
+                spread=spread,
+            )
+        )
+        since = call.ledger.failing_since or self.root.wall_clock().isoformat(timespec="seconds")
         pattern = pattern_of(cls, call.connector, call.operation)
         strategy = cls.strategy.value
-        ledger = Ledger(counts=counts, pattern=pattern, strategy=strategy)
+        if cls.error_type is ErrorType.CIRCUIT_OPEN and call.ledger.pattern is not None:
+            # Held back by the circuit: a later heal still heals the upstream's own failure.
+            pattern, strategy = call.ledger.pattern, call.ledger.strategy or strategy
+        ledger = Ledger(
+            counts=counts,
+            pattern=pattern,
+            strategy=strategy,
+            failing_since=since,
+            waited=call.ledger.waited or verdict.action == "wait_recovery",
+        )
         if not info.is_local:
             # Survives to the next attempt: per-type budgets hold across server retries.
             holder = USER_HEARTBEAT.get()
             own = holder if holder is not None else user_details(info.heartbeat_details)
             activity.heartbeat(*own, ledger.to_detail())
         call.event("classified", cls, strategy=strategy, outcome=cls.rule)
-        if reason and used > 1 and strategy in RETRY_STRATEGIES:
+        give_up = verdict.action == "hand_over"
+        reason = verdict.reason if give_up else ""
+        if give_up and cls.error_type in TRANSIENT_TYPES:
+            reason += _outage_note(since, cls)
+        if give_up and used > 1 and strategy in RETRY_STRATEGIES:
             # Retries were tried on this pattern and did not heal it: learning evidence.
             self.root.events.record_outcome(pattern, strategy, healed=False)
         report = {
@@ -334,13 +387,17 @@ class _ActivityInbound(ActivityInboundInterceptor):
             ).model_dump(mode="json")
         }
         message = cls.message or key
-        if reason:
+        if give_up:
             call.event("gave_up", cls, strategy=strategy, outcome=reason, duration_s=elapsed)
             return ApplicationError(f"{message} ({reason})", report, type=key, non_retryable=True)
-        call.event("attempt", cls, strategy=strategy, outcome=f"retry in {delay:.2f}s")
+        delay = verdict.delay_s or 0.0
+        call.event("attempt", cls, strategy=strategy, outcome=f"{verdict.reason} in {delay:.2f}s")
+        waiting = verdict.action == "wait_recovery"
         category = (
             ApplicationErrorCategory.BENIGN
-            if cls.benign or cls.error_type in (ErrorType.RATE_LIMITED, ErrorType.CIRCUIT_OPEN)
+            if waiting
+            or cls.benign
+            or cls.error_type in (ErrorType.RATE_LIMITED, ErrorType.CIRCUIT_OPEN)
             else ApplicationErrorCategory.UNSPECIFIED
         )
         return ApplicationError(
@@ -351,6 +408,12 @@ class _ActivityInbound(ActivityInboundInterceptor):
             next_retry_delay=timedelta(seconds=delay),
             category=category,
         )
+
+    def _untried(self, call: Attempt) -> list[str]:
+        """Alternatives of the call's connector it has not been sent to yet."""
+        tried = {call.connector, *call.hints.rerouted}
+        known = self.root.alternatives.get(call.base_connector or "", [])
+        return [a for a in known if a not in tried]
 
     def _circuit_wait(self, cls: Classification, call: Attempt) -> float | None:
         """Seconds until the connector's open circuit lets a probe through, if it is open."""

@@ -2,7 +2,8 @@
 
 Workflow code never touches the store: events and strategy outcomes go out through the
 ``healing_record`` local activity, learned hints come in through ``healing_match_pattern``,
-so history records both and replays need no store.
+so history records both and replays need no store. Events are typed models, built (and so
+validated) where they happen; recording is best effort: it never fails a workflow.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
 
-from healing.types import ErrorPattern, EventKind
+from healing.types import ErrorPattern, ErrorType, EventKind, HealingEvent, HealingStrategy
 
 MATCH_ACTIVITY = "healing_match_pattern"
 RECORD_ACTIVITY = "healing_record"
@@ -31,9 +31,9 @@ class Journal:
         self._decided: bool | None = None
         self.connector = connector
         self.operation: str | None = None
-        self.events: list[dict[str, Any]] = []
+        self.events: list[HealingEvent] = []
         self.outcomes: list[dict[str, Any]] = []
-        self.pending: list[tuple[ErrorPattern, str]] = []
+        self.pending: list[tuple[ErrorPattern, HealingStrategy]] = []
 
     @property
     def enabled(self) -> bool:
@@ -41,31 +41,48 @@ class Journal:
             self._decided = self._enabled()
         return self._decided
 
-    def event(self, kind: EventKind, **fields: Any) -> None:
+    def event(
+        self,
+        kind: EventKind,
+        *,
+        error_type: ErrorType | None = None,
+        fingerprint: str | None = None,
+        strategy: HealingStrategy | None = None,
+        outcome: str | None = None,
+        duration_s: float | None = None,
+    ) -> None:
         if not self.enabled:
             return
         self.events.append(
-            {
-                "at": workflow.now().isoformat(),
-                "kind": kind,
-                "workflow_id": workflow.info().workflow_id,
-                "connector": self.connector,
-                "operation": self.operation,
-                **{k: (v.value if hasattr(v, "value") else v) for k, v in fields.items()},
-            }
+            HealingEvent(
+                at=workflow.now(),
+                kind=kind,
+                workflow_id=workflow.info().workflow_id,
+                connector=self.connector,
+                operation=self.operation,
+                error_type=error_type,
+                fingerprint=fingerprint,
+                strategy=strategy,
+                outcome=outcome,
+                duration_s=duration_s,
+            )
         )
 
-    def tried(self, pattern: ErrorPattern, strategy: str) -> None:
+    def tried(self, pattern: ErrorPattern, strategy: HealingStrategy) -> None:
         """A workflow-side strategy is under way; its outcome is known when the call ends."""
         if self.enabled:
             self.pending.append((pattern, strategy))
+
+    @property
+    def last_strategy(self) -> HealingStrategy | None:
+        return self.pending[-1][1] if self.pending else None
 
     def settle(self, *, healed: bool, heal_s: float | None = None) -> None:
         for pattern, strategy in self.pending:
             self.outcomes.append(
                 {
                     "pattern": pattern.model_dump(mode="json"),
-                    "strategy": strategy,
+                    "strategy": strategy.value,
                     "healed": healed,
                     "heal_s": heal_s if healed else None,
                 }
@@ -76,13 +93,16 @@ class Journal:
         """Hand what is buffered to the worker's event log; a failure never fails the call."""
         if not self.enabled or not (self.events or self.outcomes):
             return
-        body = {"events": self.events, "outcomes": self.outcomes}
+        body = {
+            "events": [e.model_dump(mode="json") for e in self.events],
+            "outcomes": self.outcomes,
+        }
         self.events, self.outcomes = [], []
         try:
             await workflow.execute_local_activity(
                 RECORD_ACTIVITY, body, start_to_close_timeout=_TIMEOUT, retry_policy=_ONCE
             )
-        except ActivityError as exc:
+        except Exception as exc:
             workflow.logger.warning("healing events not recorded: %s", exc)
 
 
@@ -97,7 +117,7 @@ async def learned_hint(enabled: bool, fingerprint: str, error_type: str) -> dict
             start_to_close_timeout=_TIMEOUT,
             retry_policy=_ONCE,
         )
-    except ActivityError as exc:
+    except Exception as exc:
         workflow.logger.warning("no learned hint for %s: %s", fingerprint, exc)
         return None
     return result

@@ -24,6 +24,10 @@ class Ledger:
     """The latest failure's pattern."""
     strategy: str | None = None
     """The strategy applied to the latest failure."""
+    failing_since: str | None = None
+    """When this call first failed (ISO wall-clock time), for outage explanations."""
+    waited: bool = False
+    """The healer imposed a recovery wait (behind the circuit or at the probe cadence)."""
 
     @classmethod
     def from_details(cls, details: Any) -> Ledger:
@@ -37,6 +41,8 @@ class Ledger:
                         counts=counts,
                         pattern=ErrorPattern.model_validate(pattern) if pattern else None,
                         strategy=raw.get("strategy"),
+                        failing_since=raw.get("failing_since"),
+                        waited=bool(raw.get("waited", False)),
                     )
                 except (TypeError, ValueError):
                     return cls()  # a foreign or corrupt detail: start afresh
@@ -48,6 +54,8 @@ class Ledger:
                 "counts": self.counts,
                 "pattern": self.pattern.model_dump(mode="json") if self.pattern else None,
                 "strategy": self.strategy,
+                "failing_since": self.failing_since,
+                "waited": self.waited,
             }
         }
 

@@ -65,6 +65,10 @@ DEFAULT_MATRIX: dict[ErrorType, MatrixRow] = {
     ErrorType.CONFLICT: MatrixRow(
         transient=True, retryable=True, strategy=S.RETRY_BACKOFF, max_attempts=3
     ),
+    # The same request gets the same body: only a bigger limit or a narrower request helps.
+    ErrorType.RESPONSE_TOO_LARGE: MatrixRow(
+        transient=False, retryable=False, strategy=S.ESCALATE, max_attempts=0
+    ),
 }
 del S
 

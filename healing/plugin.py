@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import temporalio.client
@@ -57,6 +59,8 @@ class HealingPlugin(SimplePlugin):
         store: Where events and learned patterns go (``await healing.store.connect_store(url)``
             opens and migrates one before the worker is built, so a bad ``HEALING_STORE``
             fails first); None heals from the matrix alone.
+        clock: Monotonic seconds for breakers and budgets (tests pass the server's time).
+        wall_clock: Aware "now" for HTTP dates and outage times.
     """
 
     def __init__(
@@ -66,10 +70,16 @@ class HealingPlugin(SimplePlugin):
         alternatives: dict[str, list[str]] | None = None,
         tokens: Refresher | None = None,
         store: Store | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config or HealingConfig()
         self.interceptor = SelfHealingInterceptor(
-            self.config, alternatives=alternatives, store=store
+            self.config,
+            alternatives=alternatives,
+            store=store,
+            clock=clock,
+            wall_clock=wall_clock,
         )
         acts = healing_activities(self.config, tokens=tokens, interceptor=self.interceptor)
         super().__init__(

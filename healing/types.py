@@ -34,6 +34,7 @@ class ErrorType(StrEnum):
     CIRCUIT_OPEN = "CIRCUIT_OPEN"
     QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
     CONFLICT = "CONFLICT"
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
 
 
 class HealingStrategy(StrEnum):
@@ -46,6 +47,7 @@ class HealingStrategy(StrEnum):
     SCHEMA_ADAPT = "schema_adapt"
     RETRY = "retry"
     WAIT_CIRCUIT = "wait_circuit"
+    REROUTE = "reroute"
     ESCALATE = "escalate"
 
 
@@ -80,7 +82,7 @@ class HealingAttempt(_Frozen):
     at: datetime
     error_type: ErrorType | None = None
     strategy: HealingStrategy | Literal["decision"]
-    outcome: Literal["failed", "healed", "escalated", "gave_up", "decided", "skipped"]
+    outcome: Literal["failed", "healed", "escalated", "gave_up", "decided", "skipped", "waiting"]
     detail: str = ""
     delay_s: float | None = None
 
@@ -163,7 +165,8 @@ class EscalationDecision(BaseModel):
     decided_by: str = "unknown"
 
 
-HealingState = Literal["idle", "healing", "awaiting_decision", "healed", "failed"]
+HealingState = Literal["idle", "healing", "awaiting_decision", "healed", "resolved", "failed"]
+"""``healed``: healed with no human; ``resolved``: finished after a human decided."""
 
 
 class HealingStatus(_Frozen):
@@ -235,3 +238,15 @@ class FailureReport(_Frozen):
     alternatives: list[str] = Field(default_factory=list)
     """Reroute targets of the connector, as the activity's worker knows them; recorded in
     history so the workflow side decides the same way on replay."""
+
+
+class RetriesHealed(_Frozen):
+    """What the activity side tells the workflow when server retries healed a call."""
+
+    activity: str
+    activity_id: str
+    attempts: int
+    counts_by_type: dict[str, int] = Field(default_factory=dict)
+    error_type: ErrorType | None = None
+    strategy: HealingStrategy = HealingStrategy.RETRY
+    heal_s: float = 0.0

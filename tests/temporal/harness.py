@@ -157,15 +157,24 @@ class _Recording(ActivityInboundInterceptor):
             raise
 
 
+def server_clock() -> float:
+    """The server's time of this attempt: time skipping moves it, so breakers follow."""
+    return activity.info().started_time.timestamp()
+
+
 def plugin(
     config: HealingConfig | None = None,
     *,
     alternatives: dict[str, list[str]] | None = None,
     tokens: Any = None,
+    clock: Callable[[], float] | None = None,
 ) -> HealingPlugin:
     """The real HealingPlugin. On the time-skipping server its start-up check cannot list
     search attributes (UNIMPLEMENTED) and trusts that conftest registered them."""
-    return HealingPlugin(config or HealingConfig(), alternatives=alternatives, tokens=tokens)
+    extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    return HealingPlugin(
+        config or HealingConfig(), alternatives=alternatives, tokens=tokens, **extra
+    )
 
 
 class Harness:

@@ -9,21 +9,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from temporalio import activity
-
 from healing import BreakerPolicy, HealingConfig
-from tests.temporal.harness import Call, ErrorRecorder, Harness, Scripted, fail, plugin
+from tests.temporal.harness import (
+    Call,
+    ErrorRecorder,
+    Harness,
+    Scripted,
+    fail,
+    plugin,
+    server_clock,
+)
 from tests.temporal.wf import TwoCallsWorkflow
 
 
-def server_clock() -> float:
-    return activity.info().started_time.timestamp()
-
-
 def with_breaker(**policy: Any) -> Any:
-    p = plugin(HealingConfig(breaker=BreakerPolicy(**policy)))
-    p.interceptor.clock = server_clock
-    return p
+    return plugin(HealingConfig(breaker=BreakerPolicy(**policy)), clock=server_clock)
 
 
 async def test_one_calls_retries_do_not_open_the_breaker(harness: Harness) -> None:

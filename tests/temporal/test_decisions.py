@@ -61,9 +61,9 @@ async def test_retry_runs_the_call_again(harness: Harness, via: Via) -> None:
         st = await harness.status(handle)
     assert acts.count == 2
     assert out["result"]["ok"] is True
-    assert st.state == "healed" and st.open_escalations == []
+    assert st.state == "resolved" and st.open_escalations == []
     assert any(a.outcome == "decided" and "retry by test" in a.detail for a in st.history)
-    assert await harness.search_attributes(handle) == ("healed", "NOT_FOUND")
+    assert await harness.search_attributes(handle) == ("resolved", "NOT_FOUND")
 
 
 async def test_retry_gets_a_fresh_budget(harness: Harness) -> None:
@@ -102,7 +102,7 @@ async def test_skip_returns_none(harness: Harness, via: Via) -> None:
         st = await harness.status(handle)
     assert out == {"result": None, "skipped": True}
     assert acts.count == 1
-    assert st.open_escalations == [] and st.state == "healed"
+    assert st.open_escalations == [] and st.state == "resolved"
 
 
 @pytest.mark.parametrize("via", VIAS)
