@@ -5,7 +5,10 @@
 Upstream failures are raised with what the upstream said (``IntegrationFailure``: status,
 response headers, body) or as the transport's own exception (``httpx.ConnectError``,
 ``json.JSONDecodeError`` for a broken body, ...); the healing interceptor classifies and heals
-them. Request headers, and so credentials, never go into an error.
+them. A call that cannot be sent as asked raises ``RequestRefused`` (BAD_REQUEST: escalated, a
+human can edit and retry it). Bodies are streamed and read up to the connector's
+``max_response_bytes`` (``ResponseTooLarge`` past it). Request headers, and so credentials,
+never go into an error.
 """
 
 from __future__ import annotations
@@ -19,19 +22,25 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from healing.backoff import parse_retry_after
 from healing.catalog import ConnectorCatalog, ConnectorSpec, OperationSpec, resolve_model
-from healing.errors import ConfigError, CredentialError, IntegrationFailure
+from healing.errors import (
+    ConfigError,
+    CredentialError,
+    IntegrationFailure,
+    RequestRefused,
+    ResponseTooLarge,
+)
 from healing.integration import current_call, integration
 from healing.ratelimit import RateLimiter, parse_rate_limit_headers
+from healing.redact import is_secret_header, scrub
 from healing.schema import validate_response
 
 CALL_INTEGRATION = "call_integration"
@@ -42,7 +51,6 @@ MAX_PACING_WAIT_S = 2.0
 """Longer client-side rate-limit waits are handed to the server as a 429 with Retry-After."""
 
 _QUERY_METHODS = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})
-_SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "api-key", "apikey")
 
 
 class TokenSource(Protocol):
@@ -71,7 +79,7 @@ class CallRequest(BaseModel):
     @classmethod
     def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if any(word in name.lower() for word in _SECRET_HEADER_WORDS):
+            if is_secret_header(name):
                 raise ValueError(
                     f"header {name!r} would put a secret into workflow history; "
                     "configure the connector's [auth] instead"
@@ -159,7 +167,7 @@ class IntegrationActivities:
             op = self.catalog.operation(connector, req.operation)
             model = resolve_model(op.response_model) if op.response_model else None
         except ConfigError as exc:
-            _refuse(str(exc), "CONFIG_ERROR", exc)
+            raise RequestRefused(str(exc), connector=connector, operation=req.operation) from exc
         path, query, body = _request_parts(op, req)
         await self._pace(connector, spec, req.operation)
         auth = await self._auth_headers(connector, spec)
@@ -168,22 +176,28 @@ class IntegrationActivities:
             headers["Idempotency-Key"] = idempotency_key(
                 activity.info(), ctx.hints.edits if ctx else 0
             )
-        response = await self.client(connector).request(
+        async with self.client(connector).stream(
             op.method,
             path,
             params=query,
             json=body,
             headers=headers,
             timeout=op.timeout_s if op.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
-        )
-        self._observe(connector, response)
-        try:
-            payload = _payload(response, connector, req.operation)
-        except IntegrationFailure as exc:
-            # An API that echoes the credential back must not carry it into history:
-            # pattern-based redaction misses short keys, so remove the exact values sent.
-            _scrub(exc, [part for value in auth.values() for part in (value, value.split()[-1])])
-            raise
+        ) as response:
+            self._observe(connector, response)
+            try:
+                content = await _read_body(
+                    response, spec.max_response_bytes, connector, req.operation
+                )
+                payload = _payload(response, content, connector, req.operation)
+            except IntegrationFailure as exc:
+                # An API that echoes the credential back must not carry it into history:
+                # pattern-based redaction misses short keys, so remove the exact values sent.
+                sent = [part for value in auth.values() for part in (value, value.split()[-1])]
+                exc.body = scrub(exc.body, sent)
+                exc.headers = scrub(exc.headers, sent)
+                exc.args = scrub(exc.args, sent)
+                raise
         if model is not None:
             mapping = ctx.hints.schema_mapping if ctx else {}
             payload = validate_response(model, payload, mapping).model_dump(mode="json")
@@ -201,10 +215,10 @@ class IntegrationActivities:
         auth = spec.auth
         if auth.kind == "oauth2":
             if self._tokens is None:
-                _refuse(
+                raise RequestRefused(
                     f"connector '{connector}' uses oauth2 but IntegrationActivities was "
-                    "built without tokens=",
-                    "CONFIG_ERROR",
+                    "built without tokens= (fix the worker's setup, then retry)",
+                    connector=connector,
                 )
             credential = getattr(self._tokens, "credential", None)
             if credential is None:
@@ -268,40 +282,16 @@ class IntegrationActivities:
             limiter.observe(info, self._clock())
 
 
-def _scrub(exc: IntegrationFailure, secrets: list[str]) -> None:
-    secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-    if not secrets:
-        return
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in secrets:
-                value = value.replace(secret, "[REDACTED]")
-            return value
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    exc.body = clean(exc.body)
-    exc.headers = clean(exc.headers)
-    exc.args = tuple(clean(a) for a in exc.args)
-
-
-def _refuse(message: str, kind: str, cause: BaseException | None = None) -> NoReturn:
-    """A call that cannot be made as asked: fail it for good, healing cannot fix it."""
-    raise ApplicationError(message, type=kind, non_retryable=True) from cause
-
-
 def _request_parts(op: OperationSpec, req: CallRequest) -> tuple[str, dict[str, Any], Any]:
     """Path with placeholders filled, query parameters, JSON body."""
     names = op.placeholders
     missing = [name for name in names if req.params.get(name) is None]
     if missing:
-        _refuse(
-            f"{req.connector}.{req.operation} needs params {', '.join(missing)} for path {op.path}",
-            "BAD_REQUEST",
+        raise RequestRefused(
+            f"{req.connector}.{req.operation} needs params {', '.join(missing)} for path "
+            f'{op.path} (edit_and_retry with input_patch {{"params": {{...}}}})',
+            connector=req.connector,
+            operation=req.operation,
         )
     path = op.path.format_map({name: quote(str(req.params[name]), safe="") for name in names})
     rest = {key: value for key, value in req.params.items() if key not in names}
@@ -312,7 +302,58 @@ def _request_parts(op: OperationSpec, req: CallRequest) -> tuple[str, dict[str, 
     return path, {}, rest or None
 
 
-def _payload(response: httpx.Response, connector: str, operation: str) -> Any:
+async def _read_body(response: httpx.Response, limit: int, connector: str, operation: str) -> bytes:
+    """At most ``limit`` bytes of the body, so memory stays bounded whatever the upstream sends.
+
+    A 2xx body past the limit raises ``ResponseTooLarge`` (announced by Content-Length: nothing
+    is read; chunked: reading stops there). An error body is cut at the limit instead: its
+    status is what counts.
+    """
+    ok = 200 <= response.status_code < 300
+    declared = _content_length(response)
+    if ok and declared is not None and declared > limit:
+        raise _too_large(response, limit, declared, connector, operation)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        room = limit - total
+        if len(chunk) > room:
+            if ok:
+                raise _too_large(response, limit, declared, connector, operation)
+            chunks.append(chunk[:room])
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    if response.request.method == "HEAD":  # describes the body a GET would get
+        return None
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _too_large(
+    response: httpx.Response, limit: int, declared: int | None, connector: str, operation: str
+) -> ResponseTooLarge:
+    size = f"{declared} bytes" if declared is not None else "more, read stopped there"
+    return ResponseTooLarge(
+        f"{connector}.{operation} answered {response.status_code} with a body over "
+        f"max_response_bytes = {limit} ({size}): raise max_response_bytes for connector "
+        f"'{connector}', or narrow or paginate the request (edit_and_retry)",
+        limit=limit,
+        size=declared,
+        status_code=response.status_code,
+        headers=dict(response.headers),
+        connector=connector,
+        operation=operation,
+    )
+
+
+def _payload(response: httpx.Response, content: bytes, connector: str, operation: str) -> Any:
     """The parsed body of a 2xx answer; anything else raises what the upstream said."""
     status = response.status_code
     if not 200 <= status < 300:
@@ -320,21 +361,27 @@ def _payload(response: httpx.Response, connector: str, operation: str) -> Any:
             f"{connector}.{operation} answered {status}",
             status_code=status,
             headers=dict(response.headers),
-            body=_error_body(response),
+            body=_error_body(content, response),
             connector=connector,
             operation=operation,
         )
-    if not response.content:
+    if not content:
         return None
     if "json" not in response.headers.get("content-type", "json"):
-        return response.text
+        return _text(content, response)
     try:
-        payload = json.loads(response.content)
+        payload = json.loads(content)
     except json.JSONDecodeError as exc:
         raise json.JSONDecodeError(
             f"{connector}.{operation}: invalid or truncated JSON in a {status} answer: {exc.msg}",
             exc.doc,
             exc.pos,
+        ) from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, nested past the parser's depth
+        raise json.JSONDecodeError(
+            f"{connector}.{operation}: unreadable JSON in a {status} answer ({type(exc).__name__})",
+            "",
+            0,
         ) from exc
     if isinstance(payload, dict) and payload.get("ok") is False:
         # Slack and friends: the error rides in a 200.
@@ -349,8 +396,18 @@ def _payload(response: httpx.Response, connector: str, operation: str) -> Any:
     return payload
 
 
-def _error_body(response: httpx.Response) -> Any:
+def _text(content: bytes, response: httpx.Response) -> str:
     try:
-        return response.json()
-    except ValueError:
-        return response.text[:MAX_ERROR_TEXT]
+        return content.decode(response.charset_encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return content.decode("utf-8", errors="replace")
+
+
+def _error_body(content: bytes, response: httpx.Response) -> Any:
+    """The error answer's JSON, else its text cut to MAX_ERROR_TEXT. Never raises: whatever
+    the body (deeply nested, not UTF-8, ...), the status must reach classification."""
+    text = _text(content, response)
+    try:
+        return json.loads(text)
+    except Exception:  # ValueError, RecursionError, MemoryError: all mean "not readable JSON"
+        return text[:MAX_ERROR_TEXT]

@@ -15,6 +15,8 @@ from healing.errors import (
     GrantRevoked,
     HealingError,
     IntegrationFailure,
+    RequestRefused,
+    ResponseTooLarge,
     SchemaMismatch,
 )
 from healing.integration import CallContext, CallHints, current_call, integration
@@ -65,6 +67,8 @@ __all__ = [
     "HealingStrategy",
     "IntegrationFailure",
     "LearningPolicy",
+    "RequestRefused",
+    "ResponseTooLarge",
     "SchemaMismatch",
     "SelfHealingInterceptor",
     "classify_error",

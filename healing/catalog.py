@@ -2,7 +2,8 @@
 
 A TOML file (path from ``HEALING_CONNECTORS``, default ``connectors.toml``; see
 ``connectors.example.toml``) with one ``[connectors.NAME]`` table per API: ``base_url``,
-``timeout_s``, ``alternatives`` (reroute targets), ``rate_limit``, ``headers``, ``[auth]`` and
+``timeout_s``, ``alternatives`` (reroute targets), ``rate_limit``, ``headers``,
+``max_response_bytes`` (default 1 MiB), ``[auth]`` and
 ``[operations.OP]`` (``method``, ``path`` with ``{name}`` placeholders, ``response_model``,
 ``idempotent``, ``timeout_s``).
 
@@ -22,18 +23,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from healing.errors import ConfigError
+from healing.redact import is_secret_header
 
 HttpMethod = Literal["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST", "PATCH"]
 AuthKind = Literal["none", "api_key", "oauth2"]
 
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+"""1 MiB: below Temporal's 2 MiB payload limit, with room for the result's envelope."""
 # Keys that would put a secret into the file, and what to use instead.
 _ENV = "set {} to the NAME of the environment variable that holds it"
 _STORE = "tokens belong in the credential store (`healing credentials set`)"
 _INLINE_SECRETS = {"client_secret": _ENV.format("client_secret_env"), "token": _STORE}
 _INLINE_SECRETS |= {"api_key": _ENV.format("api_key_env"), "access_token": _STORE}
 _INLINE_SECRETS |= {"secret": _ENV.format("client_secret_env"), "refresh_token": _STORE}
-_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "api-key", "apikey", "token")
 
 
 class _Spec(BaseModel):
@@ -136,12 +139,15 @@ class ConnectorSpec(_Spec):
     operations: dict[str, OperationSpec] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     """Fixed, non-secret headers sent with every request."""
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1)
+    """Largest body read; past it reading stops and the call ends RESPONSE_TOO_LARGE (a
+    result must fit Temporal's payload limit, and memory stays bounded)."""
 
     @field_validator("headers")
     @classmethod
     def _no_secret_headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if any(word in name.lower() for word in _SECRET_HEADERS):
+            if is_secret_header(name):
                 raise ValueError(f"header {name!r} looks like a secret; use [auth] instead")
         return value
 

@@ -46,6 +46,7 @@ from healing.rules import (
 from healing.types import Classification, ErrorType
 
 _MAX_MESSAGE = 500
+_MAX_RAW_BODY = 4096  # an unparseable body is kept as this much text
 
 __all__ = [
     "DEFAULT_RULES",
@@ -68,14 +69,18 @@ def _qualname(cls: type) -> str:
 
 
 def _parse_body(raw: Any) -> Any:
-    if isinstance(raw, bytes | bytearray):
-        raw = bytes(raw).decode("utf-8", errors="replace")
-    if isinstance(raw, str) and raw.lstrip()[:1] in ("{", "["):
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw
-    return raw
+    """JSON when it parses, else the text (cut short); never raises, so the status survives."""
+    try:
+        if isinstance(raw, bytes | bytearray):
+            raw = bytes(raw).decode("utf-8", errors="replace")
+        if isinstance(raw, str) and raw.lstrip()[:1] in ("{", "["):
+            try:
+                return json.loads(raw)
+            except Exception:  # ValueError, RecursionError (deep nesting), MemoryError...
+                return raw[:_MAX_RAW_BODY]
+        return raw
+    except Exception:  # an odd object that cannot even be decoded
+        return None
 
 
 def _response_body(response: httpx.Response) -> Any:
@@ -207,7 +212,28 @@ def detect_error(
     except Exception as exc:  # detection must never hide the original failure
         name = _qualname(type(outcome)) if isinstance(outcome, BaseException) else None
         message = f"undetectable failure ({type(exc).__name__})"
-        return Failure(exception=name, message=message, connector=connector, operation=operation)
+        return Failure(
+            status_code=_status_of(outcome),
+            exception=name,
+            message=message,
+            connector=connector,
+            operation=operation,
+        )
+
+
+def _status_of(outcome: object) -> int | None:
+    """The HTTP status somewhere in a failure, for when nothing else about it can be read."""
+    try:
+        links = _chain(outcome) if isinstance(outcome, BaseException) else [outcome]
+        for link in links:
+            response = getattr(link, "response", None) if isinstance(link, Exception) else link
+            for holder in (link, response):
+                status = getattr(holder, "status_code", None)
+                if isinstance(status, int) and not isinstance(status, bool):
+                    return status
+    except Exception:  # truly unreadable: no status
+        pass
+    return None
 
 
 # --- classification ---------------------------------------------------------------------------
@@ -359,7 +385,12 @@ def classify_error(
     moment = now if now is not None else datetime.now(UTC)
     try:
         return _classify(failure, config, moment, user_rules)
-    except Exception as exc:  # a broken Failure or a user regex gone wrong: still a verdict
+    except Exception:  # a body or user regex gone wrong: the status and exception still tell
+        pass
+    try:
+        bare = replace(failure, body=None, headers={}, message=str(failure.message or "")[:2000])
+        return _classify(bare, config, moment, ())
+    except Exception as exc:  # a broken Failure: still a verdict
         row = DEFAULT_MATRIX[ErrorType.INTERNAL_ERROR]
         message = redact(f"unclassifiable failure: {exc!r}")[:_MAX_MESSAGE]
         return Classification(

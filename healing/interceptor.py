@@ -253,7 +253,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
             self.root.note_outage(breaker.connector, cls)
         if counts_for_breaker and cls.error_type in _BREAKER_TYPES:
             _log_transition(breaker.record_failure(self.root.clock()))
-        elif breaker.state == "half_open":
+        elif breaker.state == "half_open" and cls.status_code is not None:
             # A probe answered with a 4xx: the service is up, whatever it thinks of the call.
             _log_transition(breaker.record_success(self.root.clock()))
         raise await self._verdict(cls, call)

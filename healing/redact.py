@@ -13,7 +13,15 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "SENSITIVE_HEADERS", "redact", "redact_headers"]
+__all__ = [
+    "REDACTED",
+    "SENSITIVE_HEADERS",
+    "SENSITIVE_HEADER_WORDS",
+    "is_secret_header",
+    "redact",
+    "redact_headers",
+    "scrub",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -36,14 +44,24 @@ SENSITIVE_HEADERS = frozenset(
         "private-token",
     }
 )
-_SENSITIVE_HEADER_WORDS = ("token", "secret", "password", "api-key", "apikey", "session")
+SENSITIVE_HEADER_WORDS = (
+    "authorization",
+    "cookie",
+    "token",
+    "secret",
+    "password",
+    "api-key",
+    "apikey",
+    "session",
+)
+"""A header whose name contains one of these is treated as carrying a credential."""
 
 _KEYS = (
     r"access_token|refresh_token|id_token|auth_token|session_token|client_secret|"
     r"client_assertion|api[_-]?key|apikey|x-api-key|password|passwd|secret|token|"
     r"private_key|code_verifier|sig|signature|(?:proxy-)?authorization|cookie"
 )
-_HEADER_NAMES = r"(?:proxy-)?authorization|cookie|set-cookie|x-api-key|api-key|x-auth-token"
+_HEADER_NAMES = "|".join(re.escape(name) for name in sorted(SENSITIVE_HEADERS))
 # A quoted value: no alternative can match the same character two ways (no backtracking blow-up).
 _QUOTED = r"""(["'])(?:\\.|(?!\2)[^\\\r\n])*\2"""
 
@@ -96,6 +114,13 @@ def _opaque(match: re.Match[str]) -> str:
     return REDACTED
 
 
+def is_secret_header(name: str) -> bool:
+    """Whether a header named ``name`` carries a credential (the one list every module uses:
+    catalog and request headers are refused by it, logged headers are masked by it)."""
+    key = str(name).strip().lower()
+    return key in SENSITIVE_HEADERS or any(word in key for word in SENSITIVE_HEADER_WORDS)
+
+
 def redact(text: str) -> str:
     """Replace credentials in ``text`` with ``[REDACTED]``.
 
@@ -123,8 +148,7 @@ def redact(text: str) -> str:
 def redact_headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> dict[str, str]:
     """Headers safe to log: keys lower-cased, credential headers replaced.
 
-    A header is sensitive when its name is a known credential header or contains ``token``,
-    ``secret``, ``password``, ``api-key`` or ``session``; other values still go through
+    A header is sensitive when :func:`is_secret_header` says so; other values still go through
     :func:`redact` (a ``Location`` may carry a token in its query string).
 
     Args:
@@ -138,10 +162,45 @@ def redact_headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None
         safe: dict[str, str] = {}
         for name, value in items:
             key = str(name).strip().lower()
-            if key in SENSITIVE_HEADERS or any(w in key for w in _SENSITIVE_HEADER_WORDS):
+            if is_secret_header(key):
                 safe[key] = REDACTED
             else:
                 safe[key] = redact(str(value))
         return safe
     except Exception:  # a malformed header list must not break an error path
         return {}
+
+
+def scrub(value: Any, secrets: Iterable[str], *, min_length: int = 4) -> Any:
+    """``value`` with every exact occurrence of ``secrets`` replaced by ``[REDACTED]``.
+
+    Pattern-based :func:`redact` misses short or plain-looking credentials (an API key an
+    upstream echoes back), so the values actually sent are removed too. Walks strings, dict
+    keys and values, lists and tuples; other values are returned unchanged. Values shorter
+    than ``min_length`` are skipped (they would garble text without hiding anything).
+    Never raises.
+    """
+    known = sorted({s for s in secrets if isinstance(s, str) and len(s) >= min_length}, key=len)
+    known.reverse()  # longest first: a secret containing another is removed whole
+    if not known:
+        return value
+
+    def clean(item: Any, depth: int) -> Any:
+        if isinstance(item, str):
+            for secret in known:
+                item = item.replace(secret, REDACTED)
+            return item
+        if depth > 200:  # deeper than any real body: drop it rather than recurse on
+            return REDACTED
+        if isinstance(item, dict):
+            return {clean(k, depth + 1): clean(v, depth + 1) for k, v in item.items()}
+        if isinstance(item, list):
+            return [clean(v, depth + 1) for v in item]
+        if isinstance(item, tuple):
+            return tuple(clean(v, depth + 1) for v in item)
+        return item
+
+    try:
+        return clean(value, 0)
+    except Exception:  # an odd object must not carry a secret through an error path
+        return REDACTED

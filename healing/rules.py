@@ -168,6 +168,8 @@ STATUS_DEFAULTS: Mapping[int, ErrorType] = MappingProxyType({
 EXCEPTION_DEFAULTS: tuple[tuple[str, ErrorType], ...] = (
     ("CircuitOpen", E.CIRCUIT_OPEN),  # the interceptor's Failure(exception="healing.CircuitOpen")
     ("healing.errors.SchemaMismatch", E.SCHEMA_MISMATCH),
+    ("healing.errors.ResponseTooLarge", E.RESPONSE_TOO_LARGE),
+    ("healing.errors.RequestRefused", E.BAD_REQUEST),
     ("pydantic_core.ValidationError", E.SCHEMA_MISMATCH),
     ("healing.errors.CredentialError", E.AUTH_INVALID),
     ("httpx.TimeoutException", E.TIMEOUT), ("TimeoutError", E.TIMEOUT),
@@ -250,8 +252,12 @@ def _body_text(body: Any) -> str:
         return body[:_MAX_BODY_TEXT]
     try:
         return json.dumps(body, default=str, ensure_ascii=False)[:_MAX_BODY_TEXT]
-    except Exception:  # circular or exotic bodies
+    except Exception:  # circular, exotic or deeply nested bodies
+        pass
+    try:
         return str(body)[:_MAX_BODY_TEXT]
+    except Exception:  # str() of a deeply nested body recurses too: match no body text
+        return ""
 
 
 def matches(rule: Rule, failure: Failure) -> bool:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from healing.testing.plan import (
     DEFAULT_PATHS_PREFIX,
     DEFAULT_RANDOM_KINDS,
+    BodyFault,
     Fault,
     FaultKind,
     FaultPlan,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PATHS_PREFIX",
     "DEFAULT_RANDOM_KINDS",
+    "BodyFault",
     "ChaosAPI",
     "ChaosStats",
     "ChaosThread",

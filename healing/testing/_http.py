@@ -122,14 +122,18 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
     return await reader.readexactly(int(length_text))
 
 
-def encode_head(response: Response, *, content_length: int, close: bool) -> bytes:
+def encode_head(response: Response, *, content_length: int | None, close: bool) -> bytes:
+    """Status line and headers; ``content_length=None`` announces a chunked body."""
     try:
         phrase = HTTPStatus(response.status).phrase
     except ValueError:
         phrase = "Unknown"
     lines = [f"HTTP/1.1 {response.status} {phrase}"]
     lines += [f"{name}: {value}" for name, value in response.headers]
-    lines.append(f"Content-Length: {content_length}")
+    if content_length is None:
+        lines.append("Transfer-Encoding: chunked")
+    else:
+        lines.append(f"Content-Length: {content_length}")
     lines.append("Connection: close" if close else "Connection: keep-alive")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

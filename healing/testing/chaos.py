@@ -34,7 +34,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,7 @@ from healing.testing._http import (
     write_response,
 )
 from healing.testing.plan import (
+    BodyFault,
     FaultPlan,
     LatencyFault,
     ResetFault,
@@ -293,6 +294,9 @@ class ChaosAPI:
         if isinstance(fault, StatusFault):
             await write_response(writer, status_response(fault), close=not keep)
             return keep
+        if isinstance(fault, BodyFault):
+            await self._hostile_body(fault, writer)
+            return False
         delay_s = fault.delay_ms / 1000 if isinstance(fault, LatencyFault) else 0.0
         response = await self._answer(request, key, delay_s)
         if isinstance(fault, SchemaRenameFault) and response.status < 300:
@@ -306,6 +310,28 @@ class ChaosAPI:
             return False
         await write_response(writer, response, close=not keep)
         return keep
+
+    async def _hostile_body(self, fault: BodyFault, writer: asyncio.StreamWriter) -> None:
+        """Send a `BodyFault` answer, counting the body bytes the client takes."""
+        json_type = (("Content-Type", "application/json"),)
+        if fault.shape == "nested":
+            body = b"[" * fault.depth + b"]" * fault.depth
+        elif fault.shape == "non_utf8":
+            body = b'{"message": "caf\xe9 \xff\xfe not utf-8", "code": "\xc3\x28"}'
+        else:
+            body = b""
+        chunked = fault.shape == "huge" and not fault.content_length
+        length = None if chunked else (fault.size_bytes if fault.shape == "huge" else len(body))
+        head = Response(fault.status, b"", json_type)
+        with contextlib.suppress(ConnectionError):
+            writer.write(encode_head(head, content_length=length, close=True))
+            for piece in _huge_pieces(fault.size_bytes) if fault.shape == "huge" else [body]:
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                await writer.drain()  # backpressure: count only what the client took
+                self._state.body_bytes_sent += len(piece)
+            if chunked:
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
 
     # -- the CRM --------------------------------------------------------------------------
 
@@ -383,6 +409,15 @@ def _deal(ident: str) -> dict[str, Any]:
 
 def _hubspot_contact(ident: str) -> dict[str, Any]:
     return {"id": ident, "properties": {"email": f"c{ident}@example.com", "amount": "1000.50"}}
+
+
+def _huge_pieces(size: int, piece: int = 64 * 1024) -> Iterator[bytes]:
+    """A JSON array of zeros of exactly `size` bytes (a space pads an even size), lazily."""
+    items = (size - 3) // 2  # "[" + "0," * items + "0" + pad + "]"
+    yield b"["
+    for start in range(0, 2 * items, piece):
+        yield b"0," * (min(piece, 2 * items - start) // 2)
+    yield b"0" + b" " * ((size - 3) % 2) + b"]"
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

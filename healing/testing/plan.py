@@ -29,7 +29,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Vendor = Literal["generic", "salesforce", "hubspot", "slack", "github", "google", "graph"]
-FaultKind = Literal["latency", "timeout", "reset", "truncated", "status", "schema_rename"]
+FaultKind = Literal["latency", "timeout", "reset", "truncated", "status", "schema_rename", "body"]
 
 _POLICIES: dict[str, frozenset[str]] = {
     "hubspot": frozenset({"TEN_SECONDLY_ROLLING", "DAILY"}),
@@ -109,8 +109,31 @@ class SchemaRenameFault(_Frozen):
     kind: Literal["schema_rename"] = "schema_rename"
 
 
+class BodyFault(_Frozen):
+    """Answer `status` with a body a client must not trust, then close the connection.
+
+    `shape="huge"`: `size_bytes` of a JSON array of zeros, chunked (no Content-Length) unless
+    `content_length`; `"nested"`: JSON nested `depth` deep (`[[[...]]]`); `"non_utf8"`: a JSON
+    content type over bytes that are not UTF-8. The server counts the body bytes the client
+    took (`ChaosStats.body_bytes_sent`), so a test sees whether it stopped reading.
+    """
+
+    kind: Literal["body"] = "body"
+    shape: Literal["huge", "nested", "non_utf8"] = "huge"
+    status: int = Field(default=200, ge=200, le=599)
+    size_bytes: int = Field(default=50 * 1024 * 1024, ge=3)
+    depth: int = Field(default=100_000, ge=1)
+    content_length: bool = False
+
+
 Fault = Annotated[
-    LatencyFault | TimeoutFault | ResetFault | TruncatedFault | StatusFault | SchemaRenameFault,
+    LatencyFault
+    | TimeoutFault
+    | ResetFault
+    | TruncatedFault
+    | StatusFault
+    | SchemaRenameFault
+    | BodyFault,
     Field(discriminator="kind"),
 ]
 

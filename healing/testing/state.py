@@ -58,6 +58,8 @@ class ChaosStats(BaseModel):
     tokens_issued: int = 0
     invalid_grants: int = 0
     auth_rejections: int = 0
+    body_bytes_sent: int = 0
+    """Body bytes of `BodyFault` answers the client took before it hung up."""
 
     def calls_to(self, method: str, path: str) -> int:
         return self.calls.get(f"{method.upper()} {path}", 0)
@@ -208,6 +210,7 @@ class ChaosState:
         self.faults_by_kind: Counter[str] = Counter()
         self.faults_by_status: Counter[str] = Counter()
         self.creations = self.duplicate_creations = self.replays = 0
+        self.body_bytes_sent = 0
         self.next_id = 1000
         self.tokens.issued = self.tokens.refreshes = 0
         self.tokens.invalid_grants = self.tokens.rejections = 0
@@ -299,4 +302,5 @@ class ChaosState:
             tokens_issued=self.tokens.issued,
             invalid_grants=self.tokens.invalid_grants,
             auth_rejections=self.tokens.rejections,
+            body_bytes_sent=self.body_bytes_sent,
         )

@@ -13,17 +13,30 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from healing.testing.plan import FaultPlan
 from healing.testing.state import ChaosStats, TokenSet
 
-if TYPE_CHECKING:
-    from healing.testing.chaos import ChaosAPI
-
 __all__ = ["ChaosThread"]
 
 T = TypeVar("T")
+
+
+class _Server(Protocol):
+    """What a ChaosThread drives: a ``ChaosAPI``, described here so that this module does not
+    import ``chaos`` (which imports this one for ``start_in_thread``: no cycle)."""
+
+    @property
+    def url(self) -> str: ...
+    async def start(self) -> object: ...
+    async def stop(self) -> None: ...
+    def stats(self) -> ChaosStats: ...
+    def set_plan(self, plan: FaultPlan) -> None: ...
+    def reset(self) -> None: ...
+    def expire_tokens(self) -> None: ...
+    def revoke_grant(self) -> None: ...
+    def issue_tokens(self) -> TokenSet: ...
 
 
 class ChaosThread:
@@ -32,7 +45,7 @@ class ChaosThread:
     Every method here is safe to call from any thread; it runs on the server's loop.
     """
 
-    def __init__(self, api: ChaosAPI, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, api: _Server, *, timeout_s: float = 10.0) -> None:
         self.api = api
         self._loop = asyncio.new_event_loop()
         self._stop_event: asyncio.Event | None = None

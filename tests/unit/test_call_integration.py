@@ -14,17 +14,18 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import BaseModel, SecretStr
-from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import CallRequest, IntegrationActivities, call_integration, idempotency_key
 from healing.activities import HealingActivities
 from healing.catalog import ConnectorCatalog
+from healing.classify import classify_error, detect_error
 from healing.config import HealingConfig
 from healing.credentials import Credential
-from healing.errors import IntegrationFailure, SchemaMismatch
+from healing.errors import IntegrationFailure, RequestRefused, ResponseTooLarge, SchemaMismatch
 from healing.integration import (
     CallContext,
     CallHints,
@@ -32,8 +33,9 @@ from healing.integration import (
     _set_current,
     integration_spec,
 )
-from healing.testing import FaultPlan, FaultRule, SchemaRenameFault, StatusFault
+from healing.testing import BodyFault, FaultPlan, FaultRule, SchemaRenameFault, StatusFault
 from healing.testing.chaos import ChaosAPI
+from healing.types import Classification, ErrorType
 
 TOKEN = "tok-SECRET-4f1b2c"
 
@@ -327,28 +329,60 @@ async def test_explicit_body_is_sent_as_is_and_params_go_to_the_query(
     assert seen.json() == [{"name": "Ada"}]
 
 
-async def test_missing_path_param_is_a_permanent_bad_request(
+def classified(exc: BaseException) -> Classification:
+    failure = detect_error(exc)
+    assert failure is not None
+    return classify_error(failure)
+
+
+async def test_missing_path_param_is_refused_as_a_bad_request_to_escalate(
     acts: IntegrationActivities, echo: RecordingServer
 ) -> None:
-    with pytest.raises(ApplicationError) as info:
+    # A library exception, not the activity's own ApplicationError: healing classifies it,
+    # so the workflow escalates (edit_and_retry can add the param) instead of failing.
+    with pytest.raises(RequestRefused) as info:
         await run(acts, CallRequest(connector="echo", operation="get_thing", params={"x": 1}))
-    assert info.value.type == "BAD_REQUEST"
-    assert info.value.non_retryable
-    assert "needs params id" in str(info.value)
+    assert "needs params id for path /things/{id}" in str(info.value)
+    assert (info.value.connector, info.value.operation) == ("echo", "get_thing")
+    cls = classified(info.value)
+    assert (cls.error_type, cls.retryable) == (ErrorType.BAD_REQUEST, False)
+    assert "needs params id" in cls.message
     assert echo.seen == []
 
 
-async def test_unknown_operation_is_a_permanent_config_error(acts: IntegrationActivities) -> None:
-    with pytest.raises(ApplicationError) as info:
-        await run(acts, CallRequest(connector="echo", operation="nope"))
-    assert info.value.type == "CONFIG_ERROR"
-    assert info.value.non_retryable
-    assert "connector 'echo' has no operation 'nope'" in str(info.value)
+@pytest.mark.parametrize(
+    ("connector", "operation", "named"),
+    [
+        ("echo", "nope", "connector 'echo' has no operation 'nope'"),
+        ("nope", "get_thing", "unknown connector 'nope'"),
+    ],
+)
+async def test_unknown_operation_or_connector_is_refused_as_a_bad_request(
+    acts: IntegrationActivities, connector: str, operation: str, named: str
+) -> None:
+    with pytest.raises(RequestRefused) as info:
+        await run(acts, CallRequest(connector=connector, operation=operation))
+    assert named in str(info.value)
+    cls = classified(info.value)
+    assert (cls.error_type, cls.retryable) == (ErrorType.BAD_REQUEST, False)
+    assert named in cls.message
 
 
-def test_secret_headers_are_refused_in_the_request() -> None:
+async def test_oauth2_without_tokens_is_refused_to_escalate(crm: ChaosAPI) -> None:
+    catalog = make_catalog("http://127.0.0.1:9", crm.url, crm.url)
+    async with IntegrationActivities(catalog) as acts:
+        with pytest.raises(RequestRefused, match="built without tokens="):
+            await run(acts, CallRequest(connector="crm", operation="get_contact", params={"id": 1}))
+    assert crm.stats().total_calls == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["Authorization", "Proxy-Authorization", "X-Password", "X-Session-Id", "Private-Token"]
+)
+def test_secret_headers_are_refused_in_the_request(name: str) -> None:
+    # The one list (healing.redact.is_secret_header): the same names the catalog refuses.
     with pytest.raises(ValueError, match="secret"):
-        CallRequest(connector="crm", operation="x", headers={"Authorization": "Bearer t"})
+        CallRequest(connector="crm", operation="x", headers={name: "v"})
 
 
 async def test_one_client_per_connector_is_reused_across_calls(
@@ -497,6 +531,139 @@ async def test_empty_and_non_json_success_bodies(
     assert (await run(acts, req))["result"] == "done"
 
 
+# --- bounded and hostile bodies -------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def bodies_catalog(crm: str, limit: int | None = None) -> ConnectorCatalog:
+    extra = f"max_response_bytes = {limit}" if limit is not None else ""
+    return ConnectorCatalog.from_toml(f"""
+[connectors.crm]
+base_url = "{crm}"
+{extra}
+[connectors.crm.operations.get_contact]
+path = "/contacts/{{id}}"
+""")
+
+
+def always(fault: BodyFault) -> FaultPlan:
+    return FaultPlan(rules=[FaultRule(path="/contacts/*", always=fault)])
+
+
+GET_1 = CallRequest(connector="crm", operation="get_contact", params={"id": "1"})
+
+
+@pytest.mark.parametrize("content_length", [True, False], ids=["content-length", "chunked"])
+async def test_a_50_mb_answer_stops_at_max_response_bytes(
+    crm: ChaosAPI, content_length: bool
+) -> None:
+    crm.set_plan(
+        always(BodyFault(shape="huge", size_bytes=50 * MIB, content_length=content_length))
+    )
+    async with IntegrationActivities(bodies_catalog(crm.url)) as acts:
+        with pytest.raises(ResponseTooLarge) as info:
+            await run(acts, GET_1)
+    exc = info.value
+    assert (exc.limit, exc.status_code) == (MIB, 200)
+    assert exc.size == (50 * MIB if content_length else None)
+    assert "raise max_response_bytes for connector 'crm'" in str(exc)
+    cls = classified(exc)
+    assert (cls.error_type, cls.retryable) == (ErrorType.RESPONSE_TOO_LARGE, False)
+    assert "edit_and_retry" in cls.message
+    # Memory stayed bounded: the client hung up near the limit (socket buffers hold a few MB).
+    await asyncio.sleep(0.2)  # let the server notice the hang-up and stop counting
+    assert crm.stats().body_bytes_sent < 16 * MIB
+
+
+class CountingStream(httpx.AsyncByteStream):
+    """A 50 MB body that counts how much of it the client pulled."""
+
+    def __init__(self, size: int = 50 * MIB, piece: int = 64 * 1024) -> None:
+        self.size, self.piece, self.pulled = size, piece, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.pulled < self.size:
+            self.pulled += self.piece
+            yield b" " * self.piece
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "chunked"])
+async def test_the_client_pulls_at_most_the_limit_plus_one_chunk(announced: bool) -> None:
+    stream = CountingStream()
+    headers = {"content-type": "application/json"}
+    if announced:
+        headers["content-length"] = str(stream.size)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=headers, stream=stream)
+
+    catalog = bodies_catalog("http://crm.invalid")
+    async with IntegrationActivities(catalog, transport=httpx.MockTransport(answer)) as acts:
+        with pytest.raises(ResponseTooLarge):
+            await run(acts, GET_1)
+    # Content-Length said too much: nothing read. Chunked: stopped one piece past the limit.
+    assert stream.pulled == (0 if announced else MIB + stream.piece)
+
+
+async def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_not(
+    crm: ChaosAPI,
+) -> None:
+    async with IntegrationActivities(bodies_catalog(crm.url, limit=1000)) as acts:
+        crm.set_plan(always(BodyFault(shape="huge", size_bytes=1000)))
+        assert (await run(acts, GET_1))["result"] == [0] * 499
+        crm.set_plan(always(BodyFault(shape="huge", size_bytes=1001)))
+        with pytest.raises(ResponseTooLarge, match="max_response_bytes = 1000"):
+            await run(acts, GET_1)
+
+
+async def test_an_error_body_over_the_limit_is_cut_and_keeps_its_status(
+    echo: RecordingServer,
+) -> None:
+    echo.reply = lambda seen: (503, {"Content-Type": "text/plain"}, b"down " * 400_000)
+    catalog = make_catalog(echo.url, echo.url, echo.url)
+    limited = catalog.model_copy(
+        update={
+            "connectors": {
+                **catalog.connectors,
+                "echo": catalog.connectors["echo"].model_copy(
+                    update={"max_response_bytes": 10_000}
+                ),
+            }
+        }
+    )
+    async with IntegrationActivities(limited, environ={"ECHO_KEY": "k-123"}) as acts:
+        with pytest.raises(IntegrationFailure) as info:
+            await run(acts, CallRequest(connector="echo", operation="get_thing", params={"id": 1}))
+    assert not isinstance(info.value, ResponseTooLarge)
+    assert info.value.status_code == 503
+    assert isinstance(info.value.body, str) and len(info.value.body) == 4096
+    assert classified(info.value).error_type is ErrorType.SERVICE_DOWN
+
+
+@pytest.mark.parametrize("shape", ["nested", "non_utf8"])
+async def test_an_unreadable_error_body_keeps_its_404(crm: ChaosAPI, shape: str) -> None:
+    crm.set_plan(always(BodyFault(shape=shape, status=404)))
+    async with IntegrationActivities(bodies_catalog(crm.url)) as acts:
+        with pytest.raises(IntegrationFailure) as info:
+            await run(acts, GET_1)
+    assert info.value.status_code == 404
+    if shape == "nested":  # kept as text, cut short
+        assert isinstance(info.value.body, str) and len(info.value.body) == 4096
+    else:  # decoded with replacement characters, then read as JSON
+        assert info.value.body["message"].startswith("caf\ufffd")
+    cls = classified(info.value)
+    assert (cls.error_type, cls.status_code) == (ErrorType.NOT_FOUND, 404)
+
+
+@pytest.mark.parametrize("shape", ["nested", "non_utf8"])
+async def test_an_unreadable_2xx_body_is_a_json_decode_error(crm: ChaosAPI, shape: str) -> None:
+    crm.set_plan(always(BodyFault(shape=shape, status=200)))
+    async with IntegrationActivities(bodies_catalog(crm.url)) as acts:
+        with pytest.raises(json.JSONDecodeError, match=r"crm\.get_contact: unreadable JSON"):
+            await run(acts, GET_1)
+
+
 # --- healing hints ------------------------------------------------------------------------
 
 
@@ -517,7 +684,7 @@ async def test_reroute_to_an_alternative_without_the_operation_fails_for_good(
     acts: IntegrationActivities, crm: ChaosAPI
 ) -> None:
     req = CallRequest(connector="crm", operation="only_on_crm", params={"id": "1"})
-    with pytest.raises(ApplicationError, match="'crm_eu' has no operation 'only_on_crm'"):
+    with pytest.raises(RequestRefused, match="'crm_eu' has no operation 'only_on_crm'"):
         await run(acts, req, hints=CallHints(connector="crm_eu"))
     assert crm.stats().total_calls == 0
 

@@ -256,3 +256,19 @@ def test_resolve_model_errors_are_clear(import_path: str, expected: str) -> None
         resolve_model(import_path)
     assert expected in str(info.value)
     assert import_path in str(info.value)
+
+
+def test_max_response_bytes_defaults_to_1_mib_and_can_be_set() -> None:
+    base = {"base_url": "https://api.example.com"}
+    catalog = ConnectorCatalog.from_dict(
+        {"connectors": {"a": base, "b": {**base, "max_response_bytes": 5_000_000}}}
+    )
+    assert catalog.connector("a").max_response_bytes == 1024 * 1024
+    assert catalog.connector("b").max_response_bytes == 5_000_000
+
+
+@pytest.mark.parametrize("value", [0, -1, "big"])
+def test_an_invalid_max_response_bytes_is_named(value: object) -> None:
+    data = {"connectors": {"crm": {"base_url": "https://x.example", "max_response_bytes": value}}}
+    with pytest.raises(ConfigError, match="connector 'crm': max_response_bytes"):
+        ConnectorCatalog.from_dict(data)

@@ -30,6 +30,8 @@ from healing.errors import (
     CredentialError,
     GrantRevoked,
     IntegrationFailure,
+    RequestRefused,
+    ResponseTooLarge,
     SchemaMismatch,
 )
 from healing.matrix import MatrixRow
@@ -208,6 +210,11 @@ TABLE = [
     p(raised(SchemaMismatch("contact does not fit Contact", missing=["email"],
                             mapping={"email_address": "email"}, connector="crm")),
       T.SCHEMA_MISMATCH, True, None, "10-schema-rename", schema_mapping={"email_address": "email"}),
+    p(raised(ResponseTooLarge("crm.list answered 200 with a body over max_response_bytes",
+                              limit=1024, status_code=200, connector="crm")),
+      T.RESPONSE_TOO_LARGE, False, None, "response-over-max-response-bytes", status_code=200),
+    p(raised(RequestRefused("crm.get needs params id"), ConfigError("x")), T.BAD_REQUEST, False,
+      None, "request-refused-by-the-activity"),
     p(response(403, {"error": {"code": 403, "errors": [{"reason": "rateLimitExceeded"}]}}),
       T.RATE_LIMITED, True, None, "google-403-rate-limit", rule="google_rate_limit"),
     p(response(403, {"error": {"code": 403, "errors": [{"reason": "dailyLimitExceeded"}]}}),
@@ -678,3 +685,116 @@ def test_now_only_matters_for_dates() -> None:
     failure = Failure(status_code=429, headers={"retry-after": "Fri, 14 Mar 2025 12:05:00 GMT"})
     assert classify_error(failure, now=NOW).retry_after_s == 300.0
     assert classify_error(failure, now=NOW + timedelta(minutes=4)).retry_after_s == 60.0
+
+
+# --- hostile bodies: the status always wins (issue 6, item 5) ----------------------------------
+
+DEEP_TEXT = "[" * 100_000 + "]" * 100_000
+
+
+def _deep_list(depth: int) -> list[Any]:
+    """Nested deeper than json.dumps or str() can go (built without recursion)."""
+    root: list[Any] = []
+    node = root
+    for _ in range(depth):
+        child: list[Any] = []
+        node.append(child)
+        node = child
+    return root
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        DEEP_TEXT,
+        DEEP_TEXT.encode(),
+        b'{"message": "caf\xe9 \xff\xfe"}',
+        b"\xff\xfe\x00{" * 1000,
+        "{" * 50_000,
+        '{"n": ' + "1" * 5000 + "}",  # past Python's int digit limit
+        _deep_list(50_000),
+    ],
+    ids=["deep-text", "deep-bytes", "latin-1", "garbage", "unclosed", "huge-int", "deep-object"],
+)
+def test_a_404_with_an_unreadable_body_is_still_not_found(body: Any) -> None:
+    exc = IntegrationFailure("crm.get_contact answered 404", status_code=404, body=body)
+    failure = detect_error(exc)
+    assert failure is not None and failure.status_code == 404
+    cls = classify_error(failure, now=NOW)
+    assert (cls.error_type, cls.status_code, cls.retryable) == (ErrorType.NOT_FOUND, 404, False)
+
+
+def test_an_unparseable_body_is_kept_as_text_cut_short() -> None:
+    failure = detect_error(IntegrationFailure("x", status_code=404, body=DEEP_TEXT))
+    assert failure is not None
+    assert isinstance(failure.body, str) and failure.body == DEEP_TEXT[:4096]
+
+
+@pytest.mark.parametrize("body", [DEEP_TEXT.encode(), b"\xff\xfe{\x00\x01"])
+def test_an_httpx_response_with_an_unreadable_body_keeps_its_status(body: bytes) -> None:
+    response = httpx.Response(404, content=body, request=REQUEST)
+    for outcome in (response, httpx.HTTPStatusError("404", request=REQUEST, response=response)):
+        failure = detect_error(outcome)
+        assert failure is not None
+        assert classify_error(failure, now=NOW).error_type is ErrorType.NOT_FOUND
+
+
+def test_a_dict_envelope_with_an_unreadable_body_keeps_its_status() -> None:
+    failure = detect_error({"status_code": 404, "headers": {}, "body": DEEP_TEXT})
+    assert failure is not None
+    assert classify_error(failure, now=NOW).error_type is ErrorType.NOT_FOUND
+
+
+def test_a_body_that_breaks_the_rules_still_classifies_by_status() -> None:
+    # Past the parsers: a body no rule can even look at (json.dumps and str() both recurse).
+    failure = Failure(status_code=404, body=_deep_list(50_000), message="HTTP 404")
+    rule = Rule(name="crm_body", error_type=ErrorType.CONFLICT, body_contains="conflict")
+    cls = classify_error(failure, now=NOW, rules=[rule])
+    assert (cls.error_type, cls.status_code) == (ErrorType.NOT_FOUND, 404)
+
+
+class _Unprintable(IntegrationFailure):
+    def __str__(self) -> str:
+        raise RecursionError("hostile")
+
+
+def test_an_undetectable_failure_keeps_its_status() -> None:
+    failure = detect_error(_Unprintable("x", status_code=404))
+    assert failure is not None
+    assert failure.status_code == 404
+    assert "undetectable" in failure.message
+    assert classify_error(failure, now=NOW).error_type is ErrorType.NOT_FOUND
+
+
+# --- refused requests and oversized answers (issue 6, items 2 and 4) ---------------------------
+
+
+def test_a_refused_request_is_a_permanent_bad_request() -> None:
+    exc = RequestRefused("crm.get_contact needs params id", connector="crm", operation="get")
+    failure = detect_error(exc)
+    assert failure is not None
+    cls = classify_error(failure, now=NOW)
+    assert (cls.error_type, cls.retryable, cls.max_attempts) == (ErrorType.BAD_REQUEST, False, 0)
+    assert cls.strategy is HealingStrategy.ESCALATE
+    assert "needs params id" in cls.message
+
+
+def test_a_response_too_large_is_permanent_and_beats_its_200() -> None:
+    exc = ResponseTooLarge("crm.list answered 200 with a body over", limit=10, status_code=200)
+    failure = detect_error(exc)
+    assert failure is not None
+    cls = classify_error(failure, now=NOW)
+    assert (cls.error_type, cls.retryable, cls.status_code) == (
+        ErrorType.RESPONSE_TOO_LARGE,
+        False,
+        200,
+    )
+    assert cls.strategy is HealingStrategy.ESCALATE
+
+
+def test_response_too_large_escalates_without_a_reroute_and_says_what_to_do() -> None:
+    from healing.escalation import _WHAT_FAILED, options_for
+
+    names = [o.option for o in options_for(ErrorType.RESPONSE_TOO_LARGE, ["crm_eu"])]
+    assert "edit_and_retry" in names and "reroute" not in names
+    assert "max_response_bytes" in _WHAT_FAILED[ErrorType.RESPONSE_TOO_LARGE]

@@ -157,3 +157,69 @@ def test_redact_headers_accepts_httpx_headers_and_pairs() -> None:
     }
     assert redact_headers(None) == {}
     assert redact_headers(42) == {}  # type: ignore[arg-type]
+
+
+# --- one secret-header list, one scrubber ------------------------------------------------------
+
+from healing.catalog import ConnectorCatalog  # noqa: E402
+from healing.errors import ConfigError  # noqa: E402
+from healing.redact import SENSITIVE_HEADERS, is_secret_header, scrub  # noqa: E402
+
+SECRET_HEADER_NAMES = [
+    *sorted(SENSITIVE_HEADERS),
+    "X-Session-Id",
+    "X-Client-Secret",
+    "X-Password",
+    "X-Vendor-Token",
+    "Set-Cookie",
+]
+
+
+@pytest.mark.parametrize("name", SECRET_HEADER_NAMES)
+def test_every_module_uses_the_one_secret_header_list(name: str) -> None:
+    from activities import CallRequest
+
+    assert is_secret_header(name) and is_secret_header(name.upper())
+    assert redact_headers({name: "v"}) == {name.lower(): REDACTED}
+    with pytest.raises(ValueError, match="secret"):
+        CallRequest(connector="crm", operation="x", headers={name: "v"})
+    with pytest.raises(ConfigError, match="secret"):
+        ConnectorCatalog.from_dict(
+            {"connectors": {"crm": {"base_url": "https://x.example", "headers": {name: "v"}}}}
+        )
+
+
+@pytest.mark.parametrize("name", ["Accept", "Content-Type", "X-Request-Id", "User-Agent"])
+def test_ordinary_headers_are_not_secret(name: str) -> None:
+    assert not is_secret_header(name)
+
+
+@pytest.mark.parametrize("name", sorted(SENSITIVE_HEADERS))
+def test_a_raw_header_line_of_any_listed_header_is_redacted(name: str) -> None:
+    assert "hunter2-value" not in redact(f"GET /x\n{name}: hunter2-value\nAccept: */*")
+
+
+def test_scrub_removes_exact_values_everywhere() -> None:
+    value = {
+        "message": "key k-123 rejected",
+        "k-123": ["Token k-123", ("k-123",)],
+        "n": 5,
+        "none": None,
+    }
+    cleaned = scrub(value, ["k-123", "Token k-123", "ab"])  # "ab": too short to scrub
+    assert "k-123" not in repr(cleaned)
+    assert cleaned["message"] == "key [REDACTED] rejected"
+    assert cleaned["[REDACTED]"] == ["[REDACTED]", ("[REDACTED]",)]
+    assert (cleaned["n"], cleaned["none"]) == (5, None)
+    assert scrub("plain ab text", ["ab"]) == "plain ab text"
+    assert scrub(value, []) is value
+
+
+def test_scrub_never_recurses_without_bound() -> None:
+    root: list[object] = []
+    node = root
+    for _ in range(10_000):
+        child: list[object] = ["k-123"]
+        node.append(child)
+        node = child
+    assert "k-123" not in repr(scrub(root, ["k-123"])[:1])
