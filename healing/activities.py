@@ -1,7 +1,7 @@
 """The healing activities the workflow side runs: refresh credentials, adapt a schema.
 
 Activities take plain dicts (not models) so they work under any data converter; their names
-start with ``healing_`` so the interceptor never heals them recursively.
+(:mod:`healing.names`) start with ``healing_`` so the interceptor never heals them recursively.
 """
 
 from __future__ import annotations
@@ -15,6 +15,14 @@ from temporalio.exceptions import ApplicationError
 
 from healing.config import HealingConfig
 from healing.errors import CredentialError, GrantRevoked
+from healing.names import (
+    ADAPT_ACTIVITY,
+    CREDENTIAL_ERROR_TYPE,
+    GRANT_REVOKED_TYPE,
+    MATCH_ACTIVITY,
+    RECORD_ACTIVITY,
+    REFRESH_ACTIVITY,
+)
 from healing.types import ErrorPattern, ErrorType, HealingEvent
 
 if TYPE_CHECKING:
@@ -44,7 +52,7 @@ class HealingActivities:
         self.interceptor = interceptor
         self.schema_mappings: dict[tuple[str, str], dict[str, str]] = {}
 
-    @activity.defn(name="healing_match_pattern")
+    @activity.defn(name=MATCH_ACTIVITY)
     async def match_pattern(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """The learned hint for a failure pattern (run as a local activity: history keeps it)."""
         root = self.interceptor
@@ -59,7 +67,7 @@ class HealingActivities:
         )
         return hint.model_dump(mode="json") if hint is not None else None
 
-    @activity.defn(name="healing_record")
+    @activity.defn(name=RECORD_ACTIVITY)
     async def record(self, request: dict[str, Any]) -> int:
         """Queue the workflow side's events and outcomes for the store (never blocks)."""
         root = self.interceptor
@@ -78,13 +86,13 @@ class HealingActivities:
             )
         return len(events)
 
-    @activity.defn(name="healing_refresh_credentials")
+    @activity.defn(name=REFRESH_ACTIVITY)
     async def refresh_credentials(self, request: dict[str, Any]) -> dict[str, Any]:
         connector = str(request.get("connector") or "")
         if self.tokens is None:
             raise ApplicationError(
                 f"no credential refresher is configured for connector {connector!r}",
-                type="GrantRevoked",
+                type=GRANT_REVOKED_TYPE,
                 non_retryable=True,
             )
         try:
@@ -95,13 +103,13 @@ class HealingActivities:
                 reason=str(request.get("reason", "")),
             )
         except GrantRevoked as exc:
-            raise ApplicationError(str(exc), type="GrantRevoked", non_retryable=True) from None
+            raise ApplicationError(str(exc), type=GRANT_REVOKED_TYPE, non_retryable=True) from None
         except CredentialError as exc:
-            raise ApplicationError(str(exc), type="CredentialError") from None
+            raise ApplicationError(str(exc), type=CREDENTIAL_ERROR_TYPE) from None
         # Only the version leaves the activity: tokens never enter history.
         return {"connector": connector, "version": getattr(cred, "version", None)}
 
-    @activity.defn(name="healing_adapt_schema")
+    @activity.defn(name=ADAPT_ACTIVITY)
     async def adapt_schema(self, request: dict[str, Any]) -> dict[str, Any]:
         mapping = request.get("mapping")
         if not isinstance(mapping, dict) or not all(

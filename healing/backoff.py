@@ -13,6 +13,9 @@ Decisions:
 * Server-stated waits never raise and never return NaN or infinity: garbage is ``None``,
   negative or past is ``0.0``, and anything larger than ``cap_s`` (or, without a cap,
   ``MAX_WAIT_S``) is cut down to it.
+* One parser reads every stated reset time (:func:`parse_retry_after`): Retry-After here, the
+  reset headers of :func:`reset_delay` and of :mod:`healing.ratelimit`. Vendors mix the shapes
+  (delta seconds, HTTP-dates, Unix seconds, Unix milliseconds), so every header accepts all.
 """
 
 from __future__ import annotations
@@ -84,10 +87,11 @@ def backoff_schedule(policy: BackoffPolicy, rng: random.Random) -> list[float]:
 def parse_retry_after(
     value: str | None, *, now: datetime, cap_s: float | None = None
 ) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header value (RFC 9110, section 10.2.3).
+    """Seconds to wait from a ``Retry-After`` (RFC 9110, section 10.2.3) or reset header value.
 
-    Accepts delta-seconds (``"30"``, and tolerates ``"1.5"``) and HTTP-dates, which are read
-    relative to ``now``.
+    Accepts delta-seconds (``"30"``, and tolerates ``"1.5"``), HTTP-dates, and the epoch
+    timestamps some vendors send: numbers from 1e9 are Unix seconds (2001-09-09 onwards), above
+    1e11 Unix milliseconds. Dates and timestamps are read relative to ``now``.
 
     Args:
         value: The header value, or None when the header is absent.
@@ -105,7 +109,7 @@ def parse_retry_after(
         if not text:
             return None
         if _DELTA.fullmatch(text):
-            return _bounded(float(text), cap_s)
+            return _bounded(_reset_seconds(float(text), now), cap_s)
         when = parsedate_to_datetime(text)
         return _bounded((_aware(when) - _aware(now)).total_seconds(), cap_s)
     except Exception:  # garbage, out-of-range dates, overflow: all mean "no usable wait"
@@ -123,8 +127,8 @@ def reset_delay(
       ``x-hubspot-ratelimit-interval-milliseconds``; ``x-hubspot-ratelimit-secondly-remaining:
       0`` waits one second.
     * ``x-ratelimit-reset`` (GitHub, many others), ``ratelimit-reset`` (IETF draft) and
-      ``x-rate-limit-reset``, used when the matching ``...-remaining`` header is absent or 0:
-      values below 1e9 are delta seconds, larger ones Unix timestamps (in ms above 1e11).
+      ``x-rate-limit-reset``, used when the matching ``...-remaining`` header is absent or 0,
+      read by :func:`parse_retry_after` (delta seconds, HTTP-date, Unix seconds or ms).
     * The IETF structured ``ratelimit: ...;r=0;t=30`` / ``remaining=0, reset=30`` form.
 
     Args:
@@ -144,10 +148,10 @@ def reset_delay(
         if _number(lower.get("x-hubspot-ratelimit-secondly-remaining")) == 0:
             return _bounded(1.0, cap_s)
         for prefix in _RESET_PREFIXES:
-            reset = _number(lower.get(prefix + "reset"))
+            reset = parse_retry_after(lower.get(prefix + "reset"), now=now, cap_s=cap_s)
             remaining = _number(lower.get(prefix + "remaining"))
             if reset is not None and remaining in (None, 0):
-                return _bounded(_reset_seconds(reset, now), cap_s)
+                return reset
         return _structured_reset(lower.get("ratelimit"), now, cap_s)
     except Exception:  # headers of any shape must not break classification
         return None
@@ -158,10 +162,8 @@ def _structured_reset(value: str | None, now: datetime, cap_s: float | None) -> 
         return None
     params = dict(re.findall(r"\b(r|t|remaining|reset)\s*=\s*(-?\d+(?:\.\d+)?)", value.lower()))
     remaining = _number(params.get("r", params.get("remaining")))
-    reset = _number(params.get("t", params.get("reset")))
-    if reset is None or remaining not in (None, 0):
-        return None
-    return _bounded(_reset_seconds(reset, now), cap_s)
+    reset = parse_retry_after(params.get("t", params.get("reset")), now=now, cap_s=cap_s)
+    return reset if remaining in (None, 0) else None
 
 
 def _reset_seconds(reset: float, now: datetime) -> float:

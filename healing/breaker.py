@@ -23,29 +23,14 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
-from statistics import NormalDist
 
 from healing.config import BreakerPolicy
+from healing.stats import wilson_lower
 from healing.types import BreakerState, CircuitBreakerState, ConnectorName
 
 PROBE_BUSY_WAIT_S = 1.0
-
-
-def failure_ratio_bound(failures: int, calls: int, confidence: float) -> float:
-    """One-sided Wilson lower bound of the failure ratio (the plain ratio at 0.5)."""
-    if calls <= 0:
-        return 0.0
-    z = NormalDist().inv_cdf(confidence)
-    p = failures / calls
-    z2n = z * z / calls
-    centre = p + z2n / 2
-    margin = z * math.sqrt(p * (1 - p) / calls + z2n / (4 * calls))
-    return max((centre - margin) / (1 + z2n), 0.0)
-
-
 """Wait suggested to callers that arrive while the half-open probe is out."""
 
 MAX_WINDOW_ENTRIES = 10_000
@@ -150,7 +135,7 @@ class CircuitBreaker:
         calls = len(self._outcomes)
         if (
             self._failures >= self.policy.failure_threshold
-            and failure_ratio_bound(self._failures, calls, self.policy.ratio_confidence)
+            and wilson_lower(self._failures, calls, self.policy.ratio_confidence)
             >= self.policy.min_failure_ratio
         ):
             return self._open(now)

@@ -12,6 +12,10 @@ Header shapes understood by :func:`parse_rate_limit_headers` (names lower-cased)
 - IETF drafts: ``ratelimit-limit``, ``-remaining``, ``-reset`` (delta seconds), ``ratelimit-policy``
   (``100;w=60``) and the structured ``ratelimit: "default";r=50;t=30``.
 - Salesforce: ``sforce-limit-info: api-usage=14990/15000`` (rolling 24 hours).
+
+Every reset value is read by :func:`healing.backoff.parse_retry_after`, the one parser of stated
+reset times (delta seconds, HTTP-date, Unix seconds or milliseconds), so a shape it learns is
+understood here too.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-_EPOCH_THRESHOLD = 1_000_000_000.0  # a "reset" above this is a Unix time, not a delta
+from healing.backoff import parse_retry_after
+
 _SALESFORCE_WINDOW_S = 24 * 3600.0
 _HUBSPOT_DAILY_WINDOW_S = 24 * 3600.0
 _SFORCE_USAGE = re.compile(r"api-usage\s*=\s*(\d+)\s*/\s*(\d+)")
@@ -76,8 +82,8 @@ def _int(value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        return int(float(value.split(",")[0].split(";")[0].strip()))
-    except ValueError:
+        return int(float(_first(value).strip()))
+    except (ValueError, OverflowError):  # "lots", "inf"
         return None
 
 
@@ -85,18 +91,22 @@ def _float(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value.split(",")[0].split(";")[0].strip())
+        return float(_first(value).strip())
     except ValueError:
         return None
 
 
 def _reset_after(value: str | None, now_epoch: float) -> float | None:
-    reset = _float(value)
-    if reset is None:
+    if value is None:
         return None
-    if reset >= _EPOCH_THRESHOLD:
-        reset -= now_epoch
-    return max(reset, 0.0)
+    now = datetime.fromtimestamp(now_epoch, UTC)
+    # A whole HTTP-date holds a comma; otherwise the first list item is the one that applies.
+    whole = parse_retry_after(value, now=now)
+    return whole if whole is not None else parse_retry_after(_first(value), now=now)
+
+
+def _first(value: str) -> str:
+    return value.split(",")[0].split(";")[0]
 
 
 def _hubspot(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | None:
@@ -126,29 +136,34 @@ def _x_ratelimit(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo 
 
 def _ietf(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | None:
     policy = headers.get("ratelimit-policy", "")
-    window = _params(policy).get("w")
+    window = _param(policy, "w")
     limit = _int(headers.get("ratelimit-limit"))
     remaining = _int(headers.get("ratelimit-remaining"))
     reset = _reset_after(headers.get("ratelimit-reset"), now_epoch)
     if limit is None and remaining is None and "ratelimit" in headers:
         # Structured draft: `RateLimit: "default";r=50;t=30` + `RateLimit-Policy: ...;q=100;w=60`.
         params = _params(headers["ratelimit"])
-        remaining = int(params["r"]) if "r" in params else None
-        reset = params.get("t")
-        quota = _params(policy).get("q")
+        remaining = int(float(params["r"])) if "r" in params else None
+        reset = _reset_after(params.get("t"), now_epoch)
+        quota = _param(policy, "q")
         limit = int(quota) if quota is not None else None
     if limit is None and remaining is None:
         return None
     if window is None and "ratelimit-limit" in headers:
-        window = _params(headers["ratelimit-limit"]).get("w")
+        window = _param(headers["ratelimit-limit"], "w")
     return RateLimitInfo(limit, remaining, reset, window, "ietf")
 
 
-def _params(value: str) -> dict[str, float]:
-    params: dict[str, float] = {}
+def _params(value: str) -> dict[str, str]:
+    params: dict[str, str] = {}
     for key, number in _PARAM.findall(value.lower()):
-        params.setdefault(key, float(number))  # the first policy is the one that applies now
+        params.setdefault(key, number)  # the first policy is the one that applies now
     return params
+
+
+def _param(value: str, key: str) -> float | None:
+    number = _params(value).get(key)
+    return float(number) if number is not None else None
 
 
 def _salesforce(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | None:

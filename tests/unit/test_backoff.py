@@ -130,6 +130,10 @@ RETRY_AFTER_TABLE = [
     (http_date(NOW - timedelta(minutes=5)), None, 0.0),
     ("Thu, 01 Jan 1970 00:00:00 GMT", None, 0.0),
     ("315", 120.0, 120.0),
+    # Epoch timestamps some vendors put in Retry-After: a wait from now, not 55 years.
+    (str(int(NOW.timestamp()) + 60), None, 60.0),
+    (str((int(NOW.timestamp()) + 60) * 1000), None, 60.0),
+    (str(int(NOW.timestamp()) - 60), None, 0.0),
     ("99999999999", 300.0, 300.0),
     ("9" * 400, 60.0, 60.0),
     ("9" * 400, None, MAX_WAIT_S),
@@ -187,6 +191,8 @@ RESET_TABLE = [
     ({"ratelimit-remaining": "0", "ratelimit-reset": "7"}, None, 7.0),
     ({"ratelimit-reset": str((EPOCH + 45) * 1000)}, None, 45.0),
     ({"x-rate-limit-remaining": "0", "x-rate-limit-reset": "3"}, None, 3.0),
+    ({"x-ratelimit-reset": http_date(NOW + timedelta(seconds=75))}, None, 75.0),
+    ({"ratelimit": '"default";r=0;t=' + str(EPOCH + 40)}, None, 40.0),
     ({"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(EPOCH + 7200)}, 600.0, 600.0),
     (
         {

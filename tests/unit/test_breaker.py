@@ -9,7 +9,6 @@ from healing.breaker import (
     BreakerBoard,
     BreakerTransition,
     CircuitBreaker,
-    failure_ratio_bound,
 )
 from healing.config import BreakerPolicy
 
@@ -195,17 +194,3 @@ def test_half_failures_in_a_small_sample_do_not_open_by_default() -> None:
     transitions = [breaker.record_failure(10.0 + i) for i in range(5)]
     assert transitions[:4] == [None] * 4
     assert transitions[4] is not None and transitions[4].to_state == "open"
-
-
-@pytest.mark.parametrize(
-    ("failures", "calls", "confidence", "expected"),
-    [
-        (5, 5, 0.9, 0.753),
-        (5, 10, 0.9, 0.312),
-        (8, 10, 0.9, 0.602),
-        (5, 10, 0.5, 0.5),
-        (0, 0, 0.9, 0.0),
-    ],
-)
-def test_failure_ratio_bound(failures: int, calls: int, confidence: float, expected: float) -> None:
-    assert failure_ratio_bound(failures, calls, confidence) == pytest.approx(expected, abs=1e-3)

@@ -1,4 +1,4 @@
-"""Learning: Wilson bounds against known values and the hint rules as a table."""
+"""Learning: the hint rules as a table (the Wilson bounds are in test_stats.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from healing.learning import (
     StrategyHint,
     hint_for,
     learned_delay,
-    wilson_interval,
 )
 from healing.matrix import DEFAULT_MATRIX, MatrixRow
 from healing.store.base import PatternStats, StrategyStats
@@ -43,34 +42,6 @@ def hint(
     budget_s: float = 120.0,
 ) -> StrategyHint | None:
     return hint_for(pattern, row, policy, backoff=BACKOFF, budget_s=budget_s)
-
-
-@pytest.mark.parametrize(
-    ("successes", "tries", "confidence", "low", "high"),
-    [
-        (0, 25, 0.95, 0.0, 0.1332),
-        (0, 10, 0.95, 0.0, 0.2775),
-        (5, 10, 0.95, 0.2366, 0.7634),
-        (10, 10, 0.95, 0.7225, 1.0),
-        (81, 263, 0.95, 0.2553, 0.3662),
-        (0, 0, 0.95, 0.0, 1.0),
-        (0, 32, 0.8, 0.0, 0.0488),  # the default rule: one-sided 90% = two-sided 80%
-    ],
-)
-def test_wilson_interval_matches_known_values(
-    successes: int, tries: int, confidence: float, low: float, high: float
-) -> None:
-    assert wilson_interval(successes, tries, confidence) == pytest.approx((low, high), abs=5e-4)
-
-
-@pytest.mark.parametrize(
-    ("successes", "tries", "confidence"), [(3, 2, 0.9), (-1, 2, 0.9), (1, 2, 1)]
-)
-def test_wilson_interval_rejects_impossible_input(
-    successes: int, tries: int, confidence: float
-) -> None:
-    with pytest.raises(ValueError):
-        wilson_interval(successes, tries, confidence)
 
 
 def test_policy_defaults_and_config_field() -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from healing.backoff import parse_retry_after
 from healing.ratelimit import RateLimiter, RateLimitInfo, parse_rate_limit_headers
 
 NOW_EPOCH = 1_700_000_000.0
+NOW = datetime.fromtimestamp(NOW_EPOCH, UTC)  # 2023-11-14 22:13:20 UTC
 
 
 def parse(headers: dict[str, str]) -> RateLimitInfo | None:
@@ -49,6 +53,21 @@ def parse(headers: dict[str, str]) -> RateLimitInfo | None:
             {"x-ratelimit-limit": "60", "x-ratelimit-remaining": "7", "x-ratelimit-reset": "15"},
             RateLimitInfo(60, 7, 15.0, None, "x-ratelimit"),
             id="x-ratelimit-delta-reset",
+        ),
+        pytest.param(
+            {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(NOW_EPOCH + 90) * 1000)},
+            RateLimitInfo(None, 0, 90.0, None, "x-ratelimit"),
+            id="epoch-milliseconds-reset",
+        ),
+        pytest.param(
+            {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "Tue, 14 Nov 2023 22:14:20 GMT"},
+            RateLimitInfo(None, 0, 60.0, None, "x-ratelimit"),
+            id="http-date-reset",
+        ),
+        pytest.param(
+            {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "nan"},
+            RateLimitInfo(None, 0, None, None, "x-ratelimit"),
+            id="unreadable-reset-is-unknown",
         ),
         pytest.param(
             {"x-ratelimit-remaining": "3", "x-ratelimit-reset": str(int(NOW_EPOCH) - 5)},
@@ -102,6 +121,19 @@ def test_vendor_header_shapes(headers: dict[str, str], expected: RateLimitInfo) 
 )
 def test_no_or_unreadable_headers_give_none(headers: dict[str, str]) -> None:
     assert parse(headers) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0", "15", "2.5", "-3", str(int(NOW_EPOCH) + 120), str(int(NOW_EPOCH + 45) * 1000),
+     "Tue, 14 Nov 2023 22:15:00 GMT", "soon", "inf", "9" * 40],
+)  # fmt: skip
+def test_reset_headers_read_like_retry_after(value: str) -> None:
+    # One parser: pacing and classification never disagree on when a quota comes back.
+    for family in ("x-ratelimit", "ratelimit"):
+        info = parse({f"{family}-remaining": "0", f"{family}-reset": value})
+        assert info is not None
+        assert info.reset_after_s == parse_retry_after(value, now=NOW), (family, value)
 
 
 def test_exhausted_flag() -> None:

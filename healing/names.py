@@ -1,0 +1,72 @@
+"""Contract names: what workflows, the CLI, other workers and Temporal itself know us by.
+
+Defined once here and imported everywhere, because a name spelt twice drifts: a renamed
+activity that the workflow side still schedules under its old name fails only at run time,
+on a real server. Renaming one of these is a breaking change (DESIGN section 3); this module
+imports nothing, so any module may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+__all__ = [
+    "ABORTED_TYPE",
+    "ACTIVITY_PREFIX",
+    "ADAPT_ACTIVITY",
+    "CREDENTIAL_ERROR_TYPE",
+    "DECISION_SIGNAL",
+    "DECISION_UPDATE",
+    "ERROR_TYPE_ATTRIBUTE",
+    "GRANT_REVOKED_TYPE",
+    "HEALING_ACTIVITIES",
+    "HINTS_HEADER",
+    "LEDGER_KEY",
+    "MATCH_ACTIVITY",
+    "MEMO_KEY",
+    "RECORD_ACTIVITY",
+    "REFRESH_ACTIVITY",
+    "REPORT_KEY",
+    "SEARCH_ATTRIBUTES",
+    "STATUS_ATTRIBUTE",
+    "STATUS_QUERY",
+]
+
+# --- handlers every healing workflow answers -------------------------------------------------
+STATUS_QUERY: Final = "healing_status"
+DECISION_SIGNAL: Final = "escalation_decision"
+DECISION_UPDATE: Final = "decide_escalation"
+
+# --- search attributes (both Keyword) and the memo key ---------------------------------------
+STATUS_ATTRIBUTE: Final = "HealingStatus"
+ERROR_TYPE_ATTRIBUTE: Final = "HealingErrorType"
+SEARCH_ATTRIBUTES: Final[Mapping[str, str]] = MappingProxyType(
+    {STATUS_ATTRIBUTE: "Keyword", ERROR_TYPE_ATTRIBUTE: "Keyword"}
+)
+"""Search attribute name -> indexed value type, as ``healing setup`` registers them."""
+MEMO_KEY: Final = "healing"
+
+# --- healing activities: the prefix keeps the interceptor from healing its own -----------------
+ACTIVITY_PREFIX: Final = "healing_"
+REFRESH_ACTIVITY: Final = "healing_refresh_credentials"
+ADAPT_ACTIVITY: Final = "healing_adapt_schema"
+MATCH_ACTIVITY: Final = "healing_match_pattern"
+RECORD_ACTIVITY: Final = "healing_record"
+HEALING_ACTIVITIES: Final = frozenset(
+    {REFRESH_ACTIVITY, ADAPT_ACTIVITY, MATCH_ACTIVITY, RECORD_ACTIVITY}
+)
+
+# --- what travels inside Temporal messages ----------------------------------------------------
+HINTS_HEADER: Final = "healing-hints"
+"""Temporal header carrying the workflow side's hints to the activity side."""
+REPORT_KEY: Final = "healing_report"
+"""Key of the FailureReport in the first detail of a healing ApplicationError."""
+LEDGER_KEY: Final = "healing_ledger"
+"""Key of the call's ledger in activity heartbeat details (survives to the next attempt)."""
+
+# --- ApplicationError types the healing layer raises and recognises ----------------------------
+ABORTED_TYPE: Final = "HealingAborted"
+GRANT_REVOKED_TYPE: Final = "GrantRevoked"
+CREDENTIAL_ERROR_TYPE: Final = "CredentialError"
