@@ -29,13 +29,14 @@ z = 1.28):
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
 from healing.config import BackoffPolicy, LearningPolicy
 from healing.matrix import MatrixRow
+from healing.stats import wilson_bounds
+from healing.stats import wilson_interval as wilson_interval  # re-exported for healing.cli
 from healing.store.base import PatternStats, StrategyStats
 from healing.types import HealingStrategy
 
@@ -79,39 +80,9 @@ class StrategyHint(BaseModel):
     reason: str
 
 
-def wilson_interval(successes: int, tries: int, confidence: float) -> tuple[float, float]:
-    """Two-sided Wilson score interval of a success rate.
-
-    Args:
-        successes: Successes observed, ``0 <= successes <= tries``.
-        tries: Trials observed; 0 gives the uninformative ``(0.0, 1.0)``.
-        confidence: Two-sided confidence level, strictly between 0 and 1 (0.95 gives z = 1.96).
-
-    Returns:
-        ``(low, high)`` within ``[0, 1]``; e.g. 0 of 25 at 0.95 gives ``(0.0, 0.133)``.
-
-    Raises:
-        ValueError: The counts or the confidence level are out of range.
-    """
-    if not 0 <= successes <= tries:
-        raise ValueError(f"need 0 <= successes <= tries, got {successes} of {tries}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
-    if tries == 0:
-        return 0.0, 1.0
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    rate = successes / tries
-    z2n = z * z / tries
-    center = (rate + z2n / 2) / (1 + z2n)
-    half = z * math.sqrt(rate * (1 - rate) / tries + z2n / (4 * tries)) / (1 + z2n)
-    low = 0.0 if successes == 0 else max(0.0, center - half)
-    high = 1.0 if successes == tries else min(1.0, center + half)
-    return low, high
-
-
 def _bounds(successes: int, tries: int, policy: LearningPolicy) -> tuple[float, float]:
     """One-sided lower and upper bounds at ``policy.min_confidence``."""
-    return wilson_interval(successes, tries, 2 * policy.min_confidence - 1)
+    return wilson_bounds(successes, tries, policy.min_confidence)
 
 
 def _percent(value: float) -> str:
@@ -129,6 +100,7 @@ def hint_for(
     *,
     backoff: BackoffPolicy,
     budget_s: float,
+    now: datetime | None = None,
 ) -> StrategyHint | None:
     """The hint the learned stats of one pattern give, or None to heal by the matrix alone.
 
@@ -138,12 +110,21 @@ def hint_for(
         policy: The learning knobs.
         backoff: The backoff policy, whose ``initial_s`` and ``max_s`` clamp a learned wait.
         budget_s: The healing budget of one call; a learned wait is at most half of it.
+        now: The wall-clock time; evidence last seen more than ``policy.evidence_ttl_s``
+            before it is stale and gives no hint (None: never stale).
 
     Returns:
         A hint, or None (see the module docstring for the exact rules).
     """
     if stats is None or not policy.enabled or not row.retryable or row.max_attempts == 0:
         return None
+    seen = stats.last_seen
+    if (
+        now is not None
+        and seen is not None
+        and (now - seen).total_seconds() > policy.evidence_ttl_s
+    ):
+        return None  # stale: the upstream may have changed since
     enough = [s for s in stats.strategies if s.tries >= policy.min_observations]
     if not enough:
         return None

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import datetime
 
 from healing.config import BackoffPolicy, LearningPolicy
 from healing.learning import StrategyHint, hint_for
@@ -31,6 +32,7 @@ class PatternCache:
         store: Where the stats live; None means no learning (every hint is None).
         policy: The learning knobs (``enabled``, ``cache_ttl_s`` and the hint rules).
         clock: Monotonic seconds, for the TTL and the backoff.
+        wall_clock: Aware "now", to age evidence (``policy.evidence_ttl_s``); None: never.
         timeout_s: Longest one store read may take.
         backoff_s: How long to leave the store alone after a failed read.
         max_entries: Fingerprints kept; the least recently used go first.
@@ -43,6 +45,7 @@ class PatternCache:
         policy: LearningPolicy,
         *,
         clock: Callable[[], float],
+        wall_clock: Callable[[], datetime] | None = None,
         timeout_s: float = 0.5,
         backoff_s: float = 5.0,
         max_entries: int = 10_000,
@@ -53,6 +56,7 @@ class PatternCache:
         self._store = store
         self._policy = policy
         self._clock = clock
+        self._wall_clock = wall_clock
         self._timeout_s = timeout_s
         self._backoff_s = backoff_s
         self._max_entries = max_entries
@@ -88,7 +92,8 @@ class PatternCache:
         found, stats = await self.stats(fingerprint)
         if not found:
             return None
-        return hint_for(stats, row, self._policy, backoff=backoff, budget_s=budget_s)
+        now = self._wall_clock() if self._wall_clock is not None else None
+        return hint_for(stats, row, self._policy, backoff=backoff, budget_s=budget_s, now=now)
 
     async def stats(self, fingerprint: str) -> tuple[bool, PatternStats | None]:
         """The pattern's stats, from the cache or the store.
