@@ -34,7 +34,7 @@ from activities.integration import IntegrationActivities
 from healing import HealingConfig, HealingPlugin
 from healing.catalog import ConnectorCatalog
 from healing.devserver import DevServer
-from healing.handlers import QUERY
+from healing.names import STATUS_QUERY as QUERY
 from healing.testing import ChaosAPI, FaultPlan, FaultRule, Outage
 from workflows import IntegrationWorkflow
 

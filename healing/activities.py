@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from healing.config import HealingConfig
 from healing.errors import CredentialError, GrantRevoked
+from healing.eventlog import EventLog
 from healing.names import (
     ADAPT_ACTIVITY,
     CREDENTIAL_ERROR_TYPE,
@@ -23,10 +24,9 @@ from healing.names import (
     RECORD_ACTIVITY,
     REFRESH_ACTIVITY,
 )
+from healing.patterns import PatternCache
+from healing.store.base import Store
 from healing.types import ErrorPattern, ErrorType, HealingEvent
-
-if TYPE_CHECKING:
-    from healing.interceptor import SelfHealingInterceptor
 
 logger = logging.getLogger("healing")
 
@@ -37,6 +37,19 @@ class Refresher(Protocol):
     ) -> Any: ...
 
 
+class LearningSide(Protocol):
+    """What the learning activities need of the worker's healing state (the interceptor's
+    event log and pattern cache, read live: the plugin gives each worker run a fresh log)."""
+
+    config: HealingConfig
+    store: Store | None
+    events: EventLog
+    patterns: PatternCache
+
+    @property
+    def learning(self) -> bool: ...
+
+
 class HealingActivities:
     """Holds what the healing activities need; one instance per worker."""
 
@@ -45,7 +58,7 @@ class HealingActivities:
         config: HealingConfig,
         *,
         tokens: Refresher | None = None,
-        interceptor: SelfHealingInterceptor | None = None,
+        interceptor: LearningSide | None = None,
     ) -> None:
         self.config = config
         self.tokens = tokens
@@ -128,7 +141,7 @@ def healing_activities(
     config: HealingConfig | None = None,
     *,
     tokens: Refresher | None = None,
-    interceptor: SelfHealingInterceptor | None = None,
+    interceptor: LearningSide | None = None,
 ) -> Sequence[Callable[..., Any]]:
     """The healing activities to register beside the bare ``SelfHealingInterceptor``
     (pass the same interceptor so learning and the event log reach its store)."""

@@ -244,7 +244,8 @@ _TEMPLATE = (
     (re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}"), "<uuid>"),
     (re.compile(r"\"[^\"]*\"|'[^'\s][^']*'"), "<str>"),
     (re.compile(r"\b(?=[A-Za-z_-]*\d)(?=\w*[A-Za-z])[\w-]{6,}\b"), "<id>"),
-    (re.compile(r"\b0x[0-9a-fA-F]+\b|\b[0-9a-fA-F]{8,}\b"), "<hex>"),
+    # Hex needs a letter: an 8+ digit number (HubSpot ids have 11) is a number like any other.
+    (re.compile(r"\b0x[0-9a-fA-F]+\b|\b(?=\d*[a-fA-F])[0-9a-fA-F]{8,}\b"), "<hex>"),
     (re.compile(r"-?\d+(?:[.,:]\d+)*"), "<n>"),
     (re.compile(r"\s+"), " "),
 )

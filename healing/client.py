@@ -16,7 +16,9 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFai
 from temporalio.service import RPCError, RPCStatusCode
 
 from healing.errors import ConfigError, DecisionError, WorkflowClosed, validation_problems
-from healing.handlers import QUERY, SIGNAL, UPDATE
+from healing.names import DECISION_SIGNAL as SIGNAL
+from healing.names import DECISION_UPDATE as UPDATE
+from healing.names import STATUS_QUERY as QUERY
 from healing.types import DecisionOptionName, Escalation, EscalationDecision, HealingStatus
 
 AWAITING_QUERY = 'HealingStatus = "awaiting_decision" AND ExecutionStatus = "Running"'

@@ -26,7 +26,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from healing.errors import ConfigError, HealingError
-from healing.handlers import SEARCH_ATTRIBUTES
+from healing.names import SEARCH_ATTRIBUTES
 
 __all__ = [
     "DEFAULT_SEARCH_ATTRIBUTES",

@@ -17,6 +17,7 @@ from healing.types import (
     DecisionOptionName,
     ErrorType,
     Escalation,
+    EscalationBrief,
     EscalationDecision,
     EscalationOption,
     HealingAttempt,
@@ -117,6 +118,21 @@ def options_for(
     return options
 
 
+def _seconds(seconds: float) -> str:
+    """A short delay to a tenth of a second (``1.5s``); longer ones in human units."""
+    return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds)
+
+
+def tried_item(attempt: HealingAttempt) -> str:
+    """One thing tried, as a markdown list item: time, strategy, outcome and detail."""
+    when = attempt.at.strftime("%H:%M:%S UTC")
+    strategy = str(attempt.strategy).replace("_", " ")
+    error = f" ({attempt.error_type.value})" if attempt.error_type else ""
+    delay = f" after {_seconds(attempt.delay_s)}" if attempt.delay_s else ""
+    detail = f": {attempt.detail}" if attempt.detail else ""
+    return f"- {when}: {strategy}{error} -> **{attempt.outcome}**{delay}{detail}"
+
+
 def explain(
     *,
     activity: str,
@@ -126,24 +142,24 @@ def explain(
     attempts: Sequence[HealingAttempt],
     reason: str,
 ) -> str:
-    """A plain-language account: which call, what failed, what was tried, why it stopped."""
+    """A plain-language account: which call, what failed, what was tried, why it stopped.
+
+    Markdown (the Web UI renders it; a terminal reads it as is): the first line says what
+    failed, the second why healing stopped; "Tried" is a list, one item per line.
+    """
     target = f"`{connector}.{operation}`" if connector and operation else f"`{activity}`"
     what = _WHAT_FAILED.get(classification.error_type, "failed")
     status = f" (HTTP {classification.status_code})" if classification.status_code else ""
     vendor = f", code `{classification.vendor_code}`" if classification.vendor_code else ""
     lines = [
         f"The call {target} {what}{status}{vendor}.",
-        f"Error type: {classification.error_type.value}. {reason}",
+        f"Error type: {classification.error_type.value}. {reason}".rstrip(),
     ]
     if classification.message:
-        lines.append(f"Last message: {classification.message}")
+        lines += ["", f"Last message: {classification.message}"]
     if attempts:
-        lines.append("Tried:")
-        for a in attempts[-8:]:
-            when = a.at.strftime("%H:%M:%S")
-            delay = f" after {a.delay_s:.1f}s" if a.delay_s else ""
-            detail = f": {a.detail}" if a.detail else ""
-            lines.append(f"- {when} {a.strategy} -> {a.outcome}{delay}{detail}")
+        lines += ["", "Tried:", ""]  # a blank line first, or markdown runs the list into the text
+        lines += [tried_item(a) for a in attempts[-8:]]
     return "\n".join(lines)
 
 
@@ -192,21 +208,45 @@ def build_escalation(
     )
 
 
-def to_markdown(escalations: Sequence[Escalation]) -> str:
-    """Current Details text for the Web UI while the workflow waits for a human."""
+def brief(escalations: Sequence[Escalation]) -> EscalationBrief:
+    """The first open escalation in brief (the ``healing`` memo)."""
+    esc = escalations[0]
+    return EscalationBrief(
+        escalation_id=esc.escalation_id,
+        workflow_id=esc.workflow_id,
+        error_type=esc.error_type,
+        connector=esc.connector,
+        operation=esc.operation,
+        opened_at=esc.opened_at,
+        timeout_at=esc.opened_at + timedelta(seconds=esc.timeout_s),
+        options=[o.option for o in esc.options],
+        default_option=esc.default_option,
+        explanation=esc.explanation.splitlines()[0] if esc.explanation else "",
+        open_escalations=len(escalations),
+    )
+
+
+def to_markdown(escalations: Sequence[Escalation], *, rejected: str | None = None) -> str:
+    """Current Details text for the Web UI while the workflow waits for a human.
+
+    ``rejected``: why the last decision was refused (shown on top until a valid one arrives).
+    """
     parts: list[str] = []
     for esc in escalations:
         opts = "\n".join(f"- **{o.option}**: {o.effect}" for o in esc.options)
         parts.append(
             f"## Needs a decision: {esc.error_type.value}\n\n"
-            f"{esc.explanation}\n\n### Options\n{opts}\n\n"
+            f"{esc.explanation}\n\n### Options\n\n{opts}\n\n"
             f"Escalation `{esc.escalation_id}`; without a decision in "
             f"{format_duration(esc.timeout_s)}, "
             f"**{esc.default_option}** applies.\n\n"
             f"Decide: `healing decide {esc.workflow_id} <option>` or signal "
             f'`escalation_decision` with `{{"option": "retry"}}`.'
         )
-    return "\n\n---\n\n".join(parts)
+    text = "\n\n---\n\n".join(parts)
+    if rejected:
+        text = f"**Last decision rejected:** {rejected}\n\n{text}".rstrip()
+    return text
 
 
 def check_decision(

@@ -18,10 +18,11 @@ import temporalio.converter
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.api.common.v1 import Payload
 
+from healing.names import HINTS_HEADER
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SPEC_ATTR = "__healing_integration__"
-HINTS_HEADER = "healing-hints"
 
 
 @dataclass(frozen=True)

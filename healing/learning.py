@@ -33,12 +33,13 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from healing.classify import message_template
 from healing.config import BackoffPolicy, LearningPolicy
 from healing.matrix import MatrixRow
 from healing.stats import wilson_bounds
 from healing.stats import wilson_interval as wilson_interval  # re-exported for healing.cli
 from healing.store.base import PatternStats, StrategyStats
-from healing.types import HealingStrategy
+from healing.types import Classification, ErrorPattern, HealingStrategy
 
 RETRY_STRATEGIES: frozenset[str] = frozenset(
     {
@@ -226,3 +227,16 @@ def learned_delay(
     if hint is not None and hint.wait_s is not None and not hint.skip_retries:
         return hint.wait_s
     return default_delay
+
+
+def pattern_of(cls: Classification, connector: str | None, operation: str | None) -> ErrorPattern:
+    """The error pattern a classified failure counts under (ids, numbers, emails normalised)."""
+    return ErrorPattern(
+        fingerprint=cls.fingerprint,
+        connector=connector or "",
+        operation=operation or "",
+        error_type=cls.error_type,
+        status_code=cls.status_code,
+        vendor_code=cls.vendor_code,
+        template=message_template(cls.message),
+    )

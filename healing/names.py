@@ -21,11 +21,15 @@ __all__ = [
     "DECISION_UPDATE",
     "ERROR_TYPE_ATTRIBUTE",
     "GRANT_REVOKED_TYPE",
+    "HEALED_SIGNAL",
     "HEALING_ACTIVITIES",
     "HINTS_HEADER",
     "LEDGER_KEY",
     "MATCH_ACTIVITY",
     "MEMO_KEY",
+    "NOTIFY_ACTIVITY",
+    "NOTIFY_FAILED_TYPE",
+    "NOTIFY_REJECTED_TYPE",
     "RECORD_ACTIVITY",
     "REFRESH_ACTIVITY",
     "REPORT_KEY",
@@ -38,6 +42,9 @@ __all__ = [
 STATUS_QUERY: Final = "healing_status"
 DECISION_SIGNAL: Final = "escalation_decision"
 DECISION_UPDATE: Final = "decide_escalation"
+HEALED_SIGNAL: Final = "healing_healed_by_retries"
+"""Sent by the activity side when server retries alone healed a call: the workflow cannot see
+those retries otherwise, and the signal records them in history."""
 
 # --- search attributes (both Keyword) and the memo key ---------------------------------------
 STATUS_ATTRIBUTE: Final = "HealingStatus"
@@ -54,8 +61,10 @@ REFRESH_ACTIVITY: Final = "healing_refresh_credentials"
 ADAPT_ACTIVITY: Final = "healing_adapt_schema"
 MATCH_ACTIVITY: Final = "healing_match_pattern"
 RECORD_ACTIVITY: Final = "healing_record"
+NOTIFY_ACTIVITY: Final = "healing_notify"
+"""Tells a human that a workflow paused for a decision (log line, webhook, Slack)."""
 HEALING_ACTIVITIES: Final = frozenset(
-    {REFRESH_ACTIVITY, ADAPT_ACTIVITY, MATCH_ACTIVITY, RECORD_ACTIVITY}
+    {REFRESH_ACTIVITY, ADAPT_ACTIVITY, MATCH_ACTIVITY, RECORD_ACTIVITY, NOTIFY_ACTIVITY}
 )
 
 # --- what travels inside Temporal messages ----------------------------------------------------
@@ -70,3 +79,7 @@ LEDGER_KEY: Final = "healing_ledger"
 ABORTED_TYPE: Final = "HealingAborted"
 GRANT_REVOKED_TYPE: Final = "GrantRevoked"
 CREDENTIAL_ERROR_TYPE: Final = "CredentialError"
+NOTIFY_FAILED_TYPE: Final = "HealingNotifyFailed"
+"""The notifier's receiver failed (5xx, timeout, refused): retried by its RetryPolicy."""
+NOTIFY_REJECTED_TYPE: Final = "HealingNotifyRejected"
+"""The notifier's receiver refused the message (4xx): not retried."""

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from healing.names import REPORT_KEY as REPORT_KEY  # the key FailureReport travels under
+
 BreakerState = Literal["closed", "open", "half_open"]
 ConnectorName = str
 
@@ -151,6 +153,25 @@ class Escalation(_Frozen):
     alternatives: list[str] = Field(default_factory=list)
 
 
+class EscalationBrief(_Frozen):
+    """An open escalation in brief: the ``healing`` memo while a workflow is paused, so
+    listing and reading escalations needs visibility only, no running worker."""
+
+    escalation_id: str
+    workflow_id: str
+    error_type: ErrorType
+    connector: str | None = None
+    operation: str | None = None
+    opened_at: datetime
+    timeout_at: datetime
+    options: list[DecisionOptionName]
+    default_option: DecisionOptionName
+    explanation: str
+    """The explanation's first line."""
+    open_escalations: int = 1
+    """Escalations open on the workflow (parallel steps may pause together)."""
+
+
 class EscalationDecision(BaseModel):
     """A human's answer, from a signal or an update."""
 
@@ -210,9 +231,6 @@ class HealingEvent(_Frozen):
     strategy: HealingStrategy | None = None
     outcome: str | None = None
     duration_s: float | None = None
-
-
-REPORT_KEY = "healing_report"
 
 
 class FailureReport(_Frozen):

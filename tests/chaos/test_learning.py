@@ -34,9 +34,8 @@ from healing import BackoffPolicy, BreakerPolicy, HealingConfig, HealingPlugin, 
 from healing.client import decide
 from healing.config import LearningPolicy
 from healing.devserver import DevServer
-from healing.handlers import QUERY
-from healing.learning import wilson_interval
-from healing.ledger import pattern_of
+from healing.learning import pattern_of, wilson_interval
+from healing.names import STATUS_QUERY as QUERY
 from healing.store import Store, connect_store
 from healing.testing import ChaosAPI, ChaosThread, FaultPlan, FaultRule, ResetFault, StatusFault
 from healing.types import Classification, ErrorType, HealingEvent, HealingStatus
@@ -57,11 +56,13 @@ LEARNING = LearningPolicy(
     min_observations=4, never_heals_below=0.5, explore_rate=0.0, cache_ttl_s=0.2
 )
 # The breaker is off: sixteen 503s in a row would open it and mix CIRCUIT_OPEN waits into what
-# this test measures (learning). Short backoff so the run takes seconds.
+# this test measures (learning). Short backoff so the run takes seconds, and a budget too short
+# for a 30 s recovery probe, so a dead call escalates once its retries are spent.
 CONFIG = HealingConfig(
     backoff=BackoffPolicy(initial_s=0.2, max_s=1.0),
     breaker=BreakerPolicy(enabled=False),
     learning=LEARNING,
+    healing_budget_s=10.0,
 )
 DEAD_BUDGET = 1 + CONFIG.row(ErrorType.SERVICE_DOWN).max_attempts  # 1 call + 3 retries
 WAVE = 4  # dead calls per wave (= min_observations)

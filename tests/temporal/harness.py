@@ -31,7 +31,8 @@ from temporalio.worker import (
 )
 
 from healing import HealingConfig, HealingPlugin, IntegrationFailure, current_call, integration
-from healing.handlers import ERROR_TYPE_KEY, QUERY, STATUS_KEY
+from healing.interceptor._state import ERROR_TYPE_KEY, STATUS_KEY
+from healing.names import STATUS_QUERY as QUERY
 from healing.types import HealingStatus
 from tests.temporal.wf import CallWorkflow, TwoCallsWorkflow
 

@@ -22,8 +22,10 @@ from temporalio.worker import Replayer
 
 from healing import BackoffPolicy, BreakerPolicy, DecisionError, HealingConfig, HealingPlugin
 from healing.client import decide
-from healing.handlers import QUERY, SIGNAL, UPDATE
-from healing.healer import ABORTED_TYPE
+from healing.names import ABORTED_TYPE
+from healing.names import DECISION_SIGNAL as SIGNAL
+from healing.names import DECISION_UPDATE as UPDATE
+from healing.names import STATUS_QUERY as QUERY
 from tests.temporal.harness import Harness, Scripted, fail, plugin
 from tests.temporal.wf import CallWorkflow, TwoCallsWorkflow
 

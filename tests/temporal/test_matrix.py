@@ -176,7 +176,7 @@ async def test_service_down_exhausted_waits_for_recovery_then_escalates(harness:
         esc = st.open_escalation
         assert esc is not None and esc.error_type == "SERVICE_DOWN"
         assert "failing since" in esc.explanation and "HTTP 503" in esc.explanation
-        assert "healing budget of 120s" in esc.explanation
+        assert "healing budget of 2m" in esc.explanation
         await _finish_paused(harness, handle)
 
 
@@ -378,7 +378,7 @@ async def test_retry_after_past_limit_escalates_at_once_offering_wait(harness: H
         assert esc is not None and esc.error_type == "RATE_LIMITED"
         assert esc.classification.retry_after_s == 600
         assert "wait" in [o.option for o in esc.options]
-        assert "600" in esc.explanation
+        assert "wait 10m, past the" in esc.explanation
         await _finish_paused(harness, handle)
 
 

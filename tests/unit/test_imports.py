@@ -14,21 +14,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 APP_PACKAGES = frozenset({"activities", "workflows"})
 TOOL_LAYER = frozenset({"healing.cli", "healing.demo", "healing.runner"})
 """The CLI, the demo and the worker assembly (``worker.py`` and ``healing worker`` share
 ``healing.runner.build_worker``): the only healing modules that may import the app packages."""
-
-# Cycles among the modules the lead is restructuring (issue 6); each tuple is a cycle's path.
-# The strict xfail below turns into a failure the day they are gone: then delete this list.
-KNOWN_CYCLES: tuple[tuple[str, ...], ...] = (
-    ("healing.interceptor", "healing.attempt"),  # attempt: TYPE_CHECKING import of interceptor
-    ("healing.interceptor", "healing.handlers"),  # handlers: TYPE_CHECKING + in-function
-    ("healing.handlers", "healing.healer"),  # healer: TYPE_CHECKING import of handlers
-)
 
 
 @dataclass(frozen=True)
@@ -147,12 +137,6 @@ def describe(cycle: list[Edge]) -> str:
     return f"{hops} -> {cycle[-1].target}"
 
 
-def known_cycle_edges() -> set[tuple[str, str]]:
-    return {
-        (cycle[i], cycle[(i + 1) % len(cycle)]) for cycle in KNOWN_CYCLES for i in range(len(cycle))
-    }
-
-
 def app_imports(edges: Iterable[Edge]) -> list[Edge]:
     """Imports the library core must not make: the app packages, or the tool layer that does."""
     return [
@@ -165,28 +149,9 @@ def app_imports(edges: Iterable[Edge]) -> list[Edge]:
 # --- the checks on healing/ ---------------------------------------------------------------
 
 
-def test_no_import_cycles_besides_the_known_ones() -> None:
-    known = known_cycle_edges()
-    edges = [e for e in import_edges(ROOT) if (e.source, e.target) not in known]
-    cycles = find_cycles(edges)
-    assert not cycles, "import cycles in healing/:\n" + "\n".join(map(describe, cycles))
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 6: interceptor <-> attempt, interceptor <-> handlers, handlers <-> healer "
-    "(TYPE_CHECKING and in-function imports); the lead is restructuring them",
-)
-def test_no_import_cycles_at_all() -> None:
+def test_no_import_cycles() -> None:
     cycles = find_cycles(import_edges(ROOT))
     assert not cycles, "import cycles in healing/:\n" + "\n".join(map(describe, cycles))
-
-
-def test_known_cycles_are_real_edges() -> None:
-    # A stale exemption would hide a new cycle through the same pair; keep the list honest
-    # until the strict xfail above says the cycles are gone.
-    pairs = {(e.source, e.target) for e in import_edges(ROOT)}
-    assert known_cycle_edges() <= pairs
 
 
 def test_core_does_not_import_the_application_packages() -> None:

@@ -6,7 +6,6 @@ import ast
 from collections.abc import Mapping
 from pathlib import Path
 
-import pytest
 from temporalio import activity
 
 from healing import names
@@ -18,32 +17,6 @@ CONTRACT = {
     value: name
     for name, value in vars(names).items()
     if name.isupper() and isinstance(value, str) and name != "MEMO_KEY"
-}
-# Modules others own that still spell names (issue 6: the lead switches them to healing.names).
-KNOWN_SPELLINGS: Mapping[str, frozenset[str]] = {
-    "healing.handlers": frozenset(
-        {
-            "STATUS_ATTRIBUTE",
-            "ERROR_TYPE_ATTRIBUTE",
-            "STATUS_QUERY",
-            "DECISION_SIGNAL",
-            "DECISION_UPDATE",
-        }
-    ),
-    "healing.healer": frozenset(
-        {
-            "REFRESH_ACTIVITY",
-            "ADAPT_ACTIVITY",
-            "ABORTED_TYPE",
-            "GRANT_REVOKED_TYPE",
-            "ACTIVITY_PREFIX",
-        }
-    ),
-    "healing.interceptor": frozenset({"ACTIVITY_PREFIX"}),
-    "healing.journal": frozenset({"MATCH_ACTIVITY", "RECORD_ACTIVITY"}),
-    "healing.integration": frozenset({"HINTS_HEADER"}),
-    "healing.ledger": frozenset({"LEDGER_KEY"}),
-    "healing.types": frozenset({"REPORT_KEY"}),
 }
 
 
@@ -73,19 +46,9 @@ def spellings(root: Path, contract: Mapping[str, str]) -> dict[str, set[str]]:
     return found
 
 
-def unexpected(found: Mapping[str, set[str]]) -> dict[str, set[str]]:
-    extra = {m: c - KNOWN_SPELLINGS.get(m, frozenset()) for m, c in found.items()}
-    return {m: c for m, c in extra.items() if c}
-
-
-def test_contract_names_are_spelt_only_in_names() -> None:
-    extra = unexpected(spellings(ROOT, CONTRACT))
-    assert not extra, f"import these from healing.names instead: {extra}"
-
-
-@pytest.mark.xfail(strict=True, reason="issue 6: the lead switches KNOWN_SPELLINGS to names")
 def test_no_module_spells_a_contract_name() -> None:
-    assert spellings(ROOT, CONTRACT) == {}
+    found = spellings(ROOT, CONTRACT)
+    assert not found, f"import these from healing.names instead: {found}"
 
 
 def test_the_check_finds_a_spelt_name(tmp_path: Path) -> None:

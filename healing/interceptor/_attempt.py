@@ -7,18 +7,17 @@ events it emits, and the activity's own heartbeat details, kept apart from the l
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from temporalio import activity
 from temporalio.worker import ActivityOutboundInterceptor, ExecuteActivityInput
 
+from healing.eventlog import EventLog
 from healing.integration import CallContext, IntegrationSpec, read_hints
-from healing.ledger import Ledger, is_ledger
+from healing.interceptor._ledger import Ledger, is_ledger
 from healing.types import Classification, ErrorPattern, EventKind, HealingEvent
-
-if TYPE_CHECKING:
-    from healing.interceptor import SelfHealingInterceptor
 
 
 def inner_timeout(info: activity.Info) -> float | None:
@@ -43,11 +42,14 @@ class Attempt:
 
     def __init__(
         self,
-        root: SelfHealingInterceptor,
         input: ExecuteActivityInput,
         spec: IntegrationSpec | None,
+        *,
+        clock: Callable[[], float],
+        events: EventLog,
     ) -> None:
-        self.root = root
+        self.clock = clock
+        self.events = events
         self.info = activity.info()
         self.hints = read_hints(input.headers)
         self.connector = (
@@ -57,7 +59,7 @@ class Attempt:
         self.base_connector = (spec and spec.connector) or arg_field(input.args, "connector")
         """The call's own connector (before any reroute): alternatives are listed under it."""
         self.ledger = Ledger.from_details(self.info.heartbeat_details)
-        self.started = root.clock()
+        self.started = clock()
         self.context: CallContext | None = None
 
     def elapsed(self) -> float:
@@ -65,7 +67,7 @@ class Attempt:
         # started_time, not current_attempt_scheduled_time: the test server sets the latter to
         # the previous failure's time, which would hide the wait just served.
         served = (self.info.started_time - self.info.scheduled_time).total_seconds()
-        return served + self.root.clock() - self.started
+        return served + self.clock() - self.started
 
     def event(
         self,
@@ -76,8 +78,8 @@ class Attempt:
         outcome: str | None = None,
         duration_s: float | None = None,
     ) -> None:
-        self.root.events.start()
-        self.root.events.emit(
+        self.events.start()
+        self.events.emit(
             HealingEvent.model_validate(
                 {
                     "at": datetime.now(UTC),

@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from healing.classify import message_template
-from healing.types import Classification, ErrorPattern
-
-LEDGER_KEY = "healing_ledger"
+from healing.names import LEDGER_KEY
+from healing.types import ErrorPattern
 
 
 @dataclass
@@ -58,18 +56,6 @@ class Ledger:
                 "waited": self.waited,
             }
         }
-
-
-def pattern_of(cls: Classification, connector: str | None, operation: str | None) -> ErrorPattern:
-    return ErrorPattern(
-        fingerprint=cls.fingerprint,
-        connector=connector or "",
-        operation=operation or "",
-        error_type=cls.error_type,
-        status_code=cls.status_code,
-        vendor_code=cls.vendor_code,
-        template=message_template(cls.message),
-    )
 
 
 def is_ledger(item: Any) -> bool:

@@ -15,10 +15,9 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
+from healing.names import MATCH_ACTIVITY, RECORD_ACTIVITY
 from healing.types import ErrorPattern, ErrorType, EventKind, HealingEvent, HealingStrategy
 
-MATCH_ACTIVITY = "healing_match_pattern"
-RECORD_ACTIVITY = "healing_record"
 _TIMEOUT = timedelta(seconds=5)
 _ONCE = RetryPolicy(maximum_attempts=2)
 

@@ -1,4 +1,5 @@
-"""Workflow side of healing: the per-call loop that refreshes, adapts, reroutes or escalates.
+"""Workflow side: the per-call loop that carries out ``healing.policy.next_step`` (refresh,
+adapt, reroute or escalate) for a call the activity side handed over.
 
 Runs in workflow context but outside the sandbox: only ``workflow.now()``, ``workflow.uuid4()``
 and durable timers; no module-level mutable state (a module is shared by all workflows).
@@ -10,7 +11,7 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
@@ -24,12 +25,21 @@ from temporalio.worker import (
 
 from healing.errors import DecisionError
 from healing.escalation import apply_patch, build_escalation, format_duration
-from healing.integration import HINTS_HEADER, CallHints, encode_hints, read_hints
-from healing.journal import Journal, learned_hint
-from healing.ledger import pattern_of
+from healing.integration import CallHints, encode_hints, read_hints
+from healing.interceptor._journal import Journal, learned_hint
+from healing.interceptor._state import WorkflowHealing
+from healing.learning import pattern_of
+from healing.names import (
+    ABORTED_TYPE,
+    ACTIVITY_PREFIX,
+    ADAPT_ACTIVITY,
+    GRANT_REVOKED_TYPE,
+    HINTS_HEADER,
+    REFRESH_ACTIVITY,
+    REPORT_KEY,
+)
 from healing.policy import StepSituation, final_state, next_step, wait_after_decision
 from healing.types import (
-    REPORT_KEY,
     ErrorType,
     Escalation,
     EscalationDecision,
@@ -38,12 +48,6 @@ from healing.types import (
     HealingStrategy,
 )
 
-if TYPE_CHECKING:
-    from healing.handlers import WorkflowHealing
-
-REFRESH_ACTIVITY = "healing_refresh_credentials"
-ADAPT_ACTIVITY = "healing_adapt_schema"
-ABORTED_TYPE = "HealingAborted"
 _SKIP = object()
 _STORE_PATCH = "healing-store"
 _LEARN_PATCH = "healing-learning"
@@ -51,7 +55,7 @@ _HEALING_RETRIES = RetryPolicy(
     initial_interval=timedelta(seconds=2),
     backoff_coefficient=2.0,
     maximum_attempts=5,
-    non_retryable_error_types=["GrantRevoked"],
+    non_retryable_error_types=[GRANT_REVOKED_TYPE],
 )
 AnyStart = StartActivityInput | StartLocalActivityInput
 
@@ -104,20 +108,20 @@ class HealingOutbound(WorkflowOutboundInterceptor):
     def __init__(self, next: WorkflowOutboundInterceptor, state: WorkflowHealing) -> None:
         super().__init__(next)
         self.state = state
-        self.root = state.root
+        self.side = state.side
 
     def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
-        if input.activity.startswith("healing_"):
+        if input.activity.startswith(ACTIVITY_PREFIX):
             return self.next.start_activity(input)
         return asyncio.create_task(self._heal(input, self.next.start_activity))  # type: ignore[return-value]
 
     def start_local_activity(self, input: StartLocalActivityInput) -> workflow.ActivityHandle[Any]:
-        if input.activity.startswith("healing_"):
+        if input.activity.startswith(ACTIVITY_PREFIX):
             return self.next.start_local_activity(input)
         return asyncio.create_task(self._heal(input, self.next.start_local_activity))  # type: ignore[return-value]
 
     async def _heal(self, input: Any, start: Callable[[Any], Awaitable[Any]]) -> Any:
-        state, store = self.state, self.root.store is not None
+        state, store = self.state, self.side.has_store
         # Decided only when a call first needs healing: the happy path adds nothing to history.
         journal = Journal(lambda: state.feature(_STORE_PATCH, store))
         call = _Call(started=workflow.now(), journal=journal)
@@ -203,7 +207,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         tried = ", ".join(f"{k} x{n}" for k, n in sorted(report.counts_by_type.items()))
         detail = f"{report.attempts} call(s) in {report.elapsed_s:.0f}s ({tried}); {report.reason}"
         learning = journal.enabled and self.state.feature(
-            _LEARN_PATCH, self.root.config.learning.enabled
+            _LEARN_PATCH, self.side.config.learning.enabled
         )
         hint = await learned_hint(learning, cls.fingerprint, etype.value)
         if hint is not None and not report.learned:
@@ -247,7 +251,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 return _with_hints(current, round=hints.round + 1, budget_s=self._budget(call))
             message, kind = problem
             update: dict[str, Any] = {"reason": f"refreshing the credentials failed: {message}"}
-            if kind == "GrantRevoked":
+            if kind == GRANT_REVOKED_TYPE:
                 # Only a dead grant needs a human to reauthorize; a flaky token endpoint
                 # stays AUTH_EXPIRED (retry or wait).
                 update["classification"] = cls.model_copy(
@@ -305,7 +309,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
 
     def _budget(self, call: _Call) -> float:
         spent = (workflow.now() - call.started).total_seconds()
-        return max(self.root.config.healing_budget_s - spent, 0.0)
+        return max(self.side.config.healing_budget_s - spent, 0.0)
 
     async def _run_healing_activity(
         self, name: str, arg: dict[str, Any], summary: str
@@ -316,7 +320,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 name,
                 arg,
                 start_to_close_timeout=timedelta(
-                    seconds=self.root.config.healing_activity_timeout_s
+                    seconds=self.side.config.healing_activity_timeout_s
                 ),
                 # Spans a token endpoint's short outage (and the refresher's 30 s cooldown).
                 retry_policy=_HEALING_RETRIES,
@@ -330,7 +334,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         return None
 
     async def _escalate(self, current: Any, call: _Call, report: FailureReport) -> Any:
-        cfg = self.root.config
+        cfg = self.side.config
         cls = report.classification
         esc = build_escalation(
             escalation_id=str(workflow.uuid4()),
@@ -425,8 +429,8 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             delay = wait_after_decision(
                 asked_s=decision.wait_s,
                 retry_after_s=esc.classification.retry_after_s,
-                default_s=self.root.config.default_wait_s,
-                max_s=self.root.config.max_wait_s,
+                default_s=self.side.config.default_wait_s,
+                max_s=self.side.config.max_wait_s,
             )
             until = workflow.now() + timedelta(seconds=delay)
             self._note(

@@ -1,11 +1,7 @@
-"""SelfHealingInterceptor: the one public interceptor; private per-hook classes do the work.
-
-Activity side (``_ActivityInbound``): runs an integration call, classifies its failure and
-re-raises it as an ``ApplicationError`` whose ``next_retry_delay`` paces the server's retry
-(the server waits, not the worker) or, when the matrix says stop, as non-retryable with a
-``FailureReport`` for the workflow side.
-
-Workflow side (``healing.healer``): refreshes, adapts, reroutes or escalates to a human.
+"""Activity side: run one attempt of an integration call, classify its failure, and raise
+the verdict of ``healing.policy.next_attempt`` as the ``ApplicationError`` the server acts on
+(``next_retry_delay`` paces the retry, so the server waits, not the worker; a hand-over is
+non-retryable and carries a ``FailureReport`` for the workflow side).
 """
 
 from __future__ import annotations
@@ -13,46 +9,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
-import temporalio.converter
 from temporalio import activity
-from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ActivityOutboundInterceptor,
     ExecuteActivityInput,
-    Interceptor,
-    WorkflowInboundInterceptor,
-    WorkflowInterceptorClassInput,
 )
 
-from healing.attempt import USER_HEARTBEAT, Attempt, HeartbeatKeeper, inner_timeout
 from healing.backoff import backoff_delay
 from healing.breaker import BreakerBoard, BreakerTransition
-from healing.classify import Failure, classify_error, detect_error, load_rules
+from healing.classify import Failure, detect_error
 from healing.config import HealingConfig
 from healing.eventlog import EventLog
-from healing.handlers import HEALED_SIGNAL, SEARCH_ATTRIBUTES
 from healing.integration import (
     CallContext,
     _reset_current,
     _set_current,
     integration_spec,
 )
-from healing.learning import RETRY_STRATEGIES, StrategyHint
-from healing.ledger import Ledger, pattern_of, user_details
+from healing.interceptor._attempt import USER_HEARTBEAT, Attempt, HeartbeatKeeper, inner_timeout
+from healing.interceptor._ledger import Ledger, user_details
+from healing.learning import RETRY_STRATEGIES, StrategyHint, pattern_of
+from healing.names import ACTIVITY_PREFIX, HEALED_SIGNAL, REPORT_KEY
 from healing.patterns import PatternCache
 from healing.policy import TRANSIENT_TYPES, AttemptSituation, next_attempt
-from healing.store.base import Store
 from healing.types import (
-    REPORT_KEY,
     Classification,
     ErrorType,
     FailureReport,
@@ -62,7 +48,6 @@ from healing.types import (
 
 logger = logging.getLogger("healing")
 
-HEALING_ACTIVITY_PREFIX = "healing_"
 # Failures that say the upstream itself is unwell; 4xx verdicts do not trip the breaker.
 _BREAKER_TYPES = {
     ErrorType.TIMEOUT,
@@ -70,101 +55,27 @@ _BREAKER_TYPES = {
     ErrorType.NETWORK_ERROR,
     ErrorType.INTERNAL_ERROR,
 }
-_CONVERTER = temporalio.converter.PayloadConverter.default
 _SIGNAL_TIMEOUT_S = 5.0
 
 
-class SelfHealingInterceptor(Interceptor):
-    """Makes every integration activity heal; register once on a worker.
+class ActivitySide(Protocol):
+    """What the activity side needs of the worker's healing state (``SelfHealingInterceptor``)."""
 
-    Args:
-        config: All knobs; defaults follow the spec's matrix.
-        alternatives: Reroute targets per connector (from the connector catalog).
-        clock: Monotonic seconds for the circuit breakers and budgets (injected in tests).
-        wall_clock: Aware "now" for classification (HTTP-date Retry-After) and outage times.
-        store: Where events and learned error patterns go; None heals from the matrix alone.
-    """
-
-    def __init__(
-        self,
-        config: HealingConfig | None = None,
-        *,
-        alternatives: Mapping[str, list[str]] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        store: Store | None = None,
-    ) -> None:
-        self.config = config or HealingConfig()
-        self.alternatives = {k: list(v) for k, v in (alternatives or {}).items()}
-        self.clock = clock
-        self.wall_clock = wall_clock
-        self.breakers = BreakerBoard(self.config.breaker)
-        # Off until check_search_attributes has seen them registered: an upsert of an unknown
-        # attribute would fail every workflow task.
-        self.search_attributes_enabled = False
-        self.rules = load_rules(self.config)  # validated once: a bad rule fails at start-up
-        self.outages: dict[str, tuple[str, Classification]] = {}
-        """Per connector: since when it fails (ISO time) and its latest unhealthy answer."""
-        self.attach_store(store)
-
-    def attach_store(self, store: Store | None) -> None:
-        """Use ``store`` for the event log and learned patterns (None: matrix only)."""
-        self.store = store
-        self.events = EventLog(store, clock=self.clock)
-        self.patterns = PatternCache(
-            store, self.config.learning, clock=self.clock, wall_clock=self.wall_clock
-        )
+    config: HealingConfig
+    alternatives: dict[str, list[str]]
+    clock: Callable[[], float]
+    wall_clock: Callable[[], datetime]
+    breakers: BreakerBoard
+    events: EventLog
+    patterns: PatternCache
+    outages: dict[str, tuple[str, Classification]]
 
     @property
-    def learning(self) -> bool:
-        return self.store is not None and self.config.learning.enabled
+    def learning(self) -> bool: ...
 
-    async def check_search_attributes(self, client: Client) -> bool:
-        """Enable HealingStatus/HealingErrorType upserts if the namespace has them."""
-        if not self.config.search_attributes:
-            self.search_attributes_enabled = False
-            return False
-        try:
-            resp = await client.operator_service.list_search_attributes(
-                ListSearchAttributesRequest(namespace=client.namespace)
-            )
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.UNIMPLEMENTED:
-                # The time-skipping test server cannot list; its users register up front.
-                logger.info("server cannot list search attributes; assuming they are registered")
-                self.search_attributes_enabled = True
-                return True
-            logger.warning("cannot list search attributes (%s); HealingStatus upserts off", exc)
-            self.search_attributes_enabled = False
-            return False
-        missing = sorted(set(SEARCH_ATTRIBUTES) - set(resp.custom_attributes))
-        if missing:
-            logger.warning(
-                "search attributes %s are not registered in namespace %s; upserts off "
-                "(run `healing setup` to register them)",
-                ", ".join(missing),
-                client.namespace,
-            )
-        self.search_attributes_enabled = not missing
-        return not missing
+    def classify(self, failure: Failure) -> Classification: ...
 
-    def note_outage(self, connector: str, cls: Classification) -> None:
-        now = self.wall_clock().isoformat(timespec="seconds")
-        since = self.outages.get(connector, (now,))[0]
-        self.outages[connector] = (since, cls)
-
-    def classify(self, failure: Failure) -> Classification:
-        return classify_error(failure, config=self.config, now=self.wall_clock(), rules=self.rules)
-
-    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _ActivityInbound(next, self)
-
-    def workflow_interceptor_class(
-        self, input: WorkflowInterceptorClassInput
-    ) -> type[WorkflowInboundInterceptor] | None:
-        from healing.handlers import make_workflow_inbound
-
-        return make_workflow_inbound(self)
+    def note_outage(self, connector: str, cls: Classification) -> None: ...
 
 
 def _outage_note(since: str, cls: Classification) -> str:
@@ -183,8 +94,8 @@ def _log_transition(change: BreakerTransition | None) -> None:
         )
 
 
-class _ActivityInbound(ActivityInboundInterceptor):
-    def __init__(self, next: ActivityInboundInterceptor, root: SelfHealingInterceptor) -> None:
+class ActivityInbound(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, root: ActivitySide) -> None:
         super().__init__(next)
         self.root = root
 
@@ -194,11 +105,11 @@ class _ActivityInbound(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
         spec = integration_spec(input.fn)
-        if info.activity_type.startswith(HEALING_ACTIVITY_PREFIX) or (
+        if info.activity_type.startswith(ACTIVITY_PREFIX) or (
             spec is None and not self.root.config.heal_all_activities
         ):
             return await self.next.execute_activity(input)
-        call = Attempt(self.root, input, spec)
+        call = Attempt(input, spec, clock=self.root.clock, events=self.root.events)
         USER_HEARTBEAT.set(user_details(info.heartbeat_details))
         breaker = self.root.breakers.get(call.connector or info.activity_type)
 
@@ -267,8 +178,8 @@ class _ActivityInbound(ActivityInboundInterceptor):
         # A wait the healer imposed (behind the circuit, at the probe cadence) measures our
         # pacing, not the upstream's recovery: it heals, but teaches no recovery time.
         learned_s = None if call.ledger.waited else heal_s
-        call.root.events.start()
-        call.root.events.record_outcome(pattern, strategy, healed=True, heal_s=learned_s)
+        self.root.events.start()
+        self.root.events.record_outcome(pattern, strategy, healed=True, heal_s=learned_s)
         # Median heal times come from "healed" events of the strategy: file imposed waits apart.
         shown = HealingStrategy.WAIT_CIRCUIT.value if call.ledger.waited else strategy
         call.event("healed", pattern, strategy=shown, outcome="healed", duration_s=heal_s)
