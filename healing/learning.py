@@ -22,7 +22,7 @@ z = 1.28):
   ``LEARNED_WAIT_MIN_RATE`` (retries heal the pattern more often than not, so its heal time
   means something). ``wait_s`` is that median, clamped to
   ``[backoff.initial_s, min(backoff.max_s, budget_s / 2)]``. A server's Retry-After always
-  wins over it (:func:`learned_delay`).
+  wins over it (``healing.policy.next_attempt``).
 - **preferred_strategy** (informational): the strategy with the highest lower bound among those
   with at least ``min_observations`` tries, if that bound is above zero.
 """
@@ -204,29 +204,6 @@ def _preferred(
         return None
     low, best = max(scored, key=lambda pair: (pair[0], pair[1].tries))
     return (best, low) if low > 0 else None
-
-
-def learned_delay(
-    hint: StrategyHint | None, default_delay: float, *, retry_after: float | None
-) -> float:
-    """The delay before the next retry, given a hint.
-
-    The server's Retry-After always wins (never wait less, nor needlessly more, than it asked);
-    otherwise the hint's learned wait replaces the fixed backoff; otherwise ``default_delay``.
-
-    Args:
-        hint: The pattern's hint, or None.
-        default_delay: The matrix's delay (the backoff for this attempt).
-        retry_after: Seconds the server asked to wait, if it did.
-
-    Returns:
-        Seconds to wait.
-    """
-    if retry_after is not None:
-        return retry_after
-    if hint is not None and hint.wait_s is not None and not hint.skip_retries:
-        return hint.wait_s
-    return default_delay
 
 
 def pattern_of(cls: Classification, connector: str | None, operation: str | None) -> ErrorPattern:

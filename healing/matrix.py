@@ -71,10 +71,3 @@ DEFAULT_MATRIX: dict[ErrorType, MatrixRow] = {
     ),
 }
 del S
-
-
-def matrix_with(overrides: dict[ErrorType, MatrixRow] | None = None) -> dict[ErrorType, MatrixRow]:
-    """The default matrix with rows replaced by ``overrides``; every type keeps a row."""
-    merged = dict(DEFAULT_MATRIX)
-    merged.update(overrides or {})
-    return merged

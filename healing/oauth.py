@@ -24,7 +24,7 @@ import httpx
 
 from healing.credentials import BearerAuth, Credential, CredentialStore, OAuthClient
 from healing.errors import CredentialError, GrantRevoked
-from healing.redact import REDACTED, redact
+from healing.redact import redact, scrub
 
 __all__ = ["TokenRefresher"]
 
@@ -300,6 +300,4 @@ def _secrets(client: OAuthClient, current: Credential | None) -> list[str]:
 
 def _scrub(text: str, secrets: list[str]) -> str:
     """``healing.redact.redact`` plus the exact secret values we know (short ones included)."""
-    for value in secrets:
-        text = text.replace(value, REDACTED)
-    return redact(text)
+    return redact(str(scrub(text, secrets, min_length=1)))
