@@ -432,9 +432,8 @@ async def test_histories_replay_deterministically(harness: Harness) -> None:
 
 async def test_replay_does_not_depend_on_the_search_attribute_check(harness: Harness) -> None:
     acts = Scripted([NOT_FOUND])
-    worker_plugin = plugin()
-    # What run_worker does when the namespace lacks the attributes (or the check failed).
-    worker_plugin.interceptor.search_attributes_enabled = False
+    # Upserts off, as when the namespace lacks the attributes (or the check failed).
+    worker_plugin = plugin(HealingConfig(search_attributes=False))
     async with harness.worker(acts.activity, plugin=worker_plugin):
         handle = await harness.start()
         await harness.escalated(handle)
