@@ -135,35 +135,98 @@ def _x_ratelimit(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo 
 
 
 def _ietf(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | None:
-    policy = headers.get("ratelimit-policy", "")
-    window = _param(policy, "w")
+    """The IETF RateLimit header fields, in each draft's shape.
+
+    - drafts -03 to -06: ``RateLimit-Limit: 10, 10;w=1`` (or ``RateLimit-Policy: 10;w=1``),
+      ``RateLimit-Remaining``, ``RateLimit-Reset`` (delta seconds);
+    - draft -07: one dictionary, ``RateLimit: limit=10, remaining=5, reset=30``;
+    - drafts -08 to -10: named policies, ``RateLimit-Policy: "burst";q=100;w=60,
+      "daily";q=1000;w=86400`` and ``RateLimit: "burst";r=50;t=30``. Of several RateLimit
+      items, the one with the fewest requests left binds; its quota and window come from the
+      policy of the same name, not from the first policy.
+
+    A lone ``RateLimit-Policy`` still tells the quota and window (the most restrictive policy).
+    """
+    policies = _items(headers.get("ratelimit-policy", ""))
+    if "ratelimit" in headers:
+        items = _items(headers["ratelimit"])
+        flat = {k: v for _, params in items for k, v in params.items()}
+        if "remaining" in flat or "limit" in flat:  # draft -07 dictionary
+            window = _window(policies)
+            limit = _int(flat.get("limit"))
+            return RateLimitInfo(
+                limit, _int(flat.get("remaining")), _reset_after(flat.get("reset"), now_epoch),
+                window, "ietf",
+            )  # fmt: skip
+        current = [(name, p) for name, p in items if "r" in p]
+        if current:
+            name, params = min(current, key=lambda item: float(item[1]["r"]))
+            named = [p for n, p in policies if n == name] or [p for _, p in policies[:1]]
+            policy = named[0] if named else {}
+            return RateLimitInfo(
+                _int(policy.get("q")), _int(params["r"]), _reset_after(params.get("t"), now_epoch),
+                _float(policy.get("w")), "ietf",
+            )  # fmt: skip
     limit = _int(headers.get("ratelimit-limit"))
     remaining = _int(headers.get("ratelimit-remaining"))
     reset = _reset_after(headers.get("ratelimit-reset"), now_epoch)
-    if limit is None and remaining is None and "ratelimit" in headers:
-        # Structured draft: `RateLimit: "default";r=50;t=30` + `RateLimit-Policy: ...;q=100;w=60`.
-        params = _params(headers["ratelimit"])
-        remaining = int(float(params["r"])) if "r" in params else None
-        reset = _reset_after(params.get("t"), now_epoch)
-        quota = _param(policy, "q")
-        limit = int(quota) if quota is not None else None
-    if limit is None and remaining is None:
-        return None
-    if window is None and "ratelimit-limit" in headers:
-        window = _param(headers["ratelimit-limit"], "w")
-    return RateLimitInfo(limit, remaining, reset, window, "ietf")
+    if limit is not None or remaining is not None:
+        window = _window(policies) or _window(_items(headers.get("ratelimit-limit", "")))
+        return RateLimitInfo(limit, remaining, reset, window, "ietf")
+    if policies:  # a lone RateLimit-Policy: the quota to pace by, nothing about now
+        rated = [(p, _float(p.get("q")), _float(p.get("w"))) for _, p in policies]
+        known = [(q, w) for _, q, w in rated if q is not None and w]
+        if known:
+            q, w = min(known, key=lambda qw: qw[0] / qw[1])
+            return RateLimitInfo(int(q), None, None, w, "ietf")
+    return None
 
 
-def _params(value: str) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for key, number in _PARAM.findall(value.lower()):
-        params.setdefault(key, number)  # the first policy is the one that applies now
-    return params
+def _items(value: str) -> list[tuple[str | None, dict[str, str]]]:
+    """Structured-field list items: ``(name, params)``; a bare number's name is None with the
+    number under ``q`` (the -03 ``10;w=1`` form), ``key=value`` members land in params."""
+    items: list[tuple[str | None, dict[str, str]]] = []
+    for raw in _split_outside_quotes(value):
+        parts = [part.strip() for part in raw.split(";")]
+        head, params = parts[0], dict(_PARAM.findall(";".join(parts[1:]).lower()))
+        name: str | None = None
+        if head.startswith('"') and head.endswith('"') and len(head) >= 2:
+            name = head[1:-1]
+        elif "=" in head:
+            key, _, number = head.partition("=")
+            params.setdefault(key.strip().lower(), number.strip())
+        elif re.fullmatch(r"\d+(?:\.\d+)?", head):
+            params.setdefault("q", head)
+        elif head:
+            name = head
+        if name is not None or params:
+            items.append((name, params))
+    return items
 
 
-def _param(value: str, key: str) -> float | None:
-    number = _params(value).get(key)
-    return float(number) if number is not None else None
+def _split_outside_quotes(value: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in value:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [p for p in (part.strip() for part in parts) if p]
+
+
+def _window(policies: list[tuple[str | None, dict[str, str]]]) -> float | None:
+    """The window of the first policy that names one."""
+    for _, params in policies:
+        window = _float(params.get("w"))
+        if window is not None:
+            return window
+    return None
 
 
 def _salesforce(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | None:

@@ -94,6 +94,53 @@ def parse(headers: dict[str, str]) -> RateLimitInfo | None:
             RateLimitInfo(50, 0, 12.0, 60.0, "ietf"),
             id="ietf-structured",
         ),
+        # The IETF drafts' own shapes (draft-ietf-httpapi-ratelimit-headers -03 to -10).
+        pytest.param(
+            {"ratelimit-limit": "10", "ratelimit-remaining": "1", "ratelimit-reset": "7"},
+            RateLimitInfo(10, 1, 7.0, None, "ietf"),
+            id="ietf-03-three-fields",
+        ),
+        pytest.param(
+            {
+                "ratelimit-limit": "10",
+                "ratelimit-remaining": "0",
+                "ratelimit-reset": "7",
+                "ratelimit-policy": "10;w=1, 50;w=60",
+            },
+            RateLimitInfo(10, 0, 7.0, 1.0, "ietf"),
+            id="ietf-05-policy-field",
+        ),
+        pytest.param(
+            {"ratelimit": "limit=10, remaining=1, reset=7", "ratelimit-policy": "10;w=1"},
+            RateLimitInfo(10, 1, 7.0, 1.0, "ietf"),
+            id="ietf-07-dictionary",
+        ),
+        pytest.param(
+            {"ratelimit": "limit=100, remaining=0, reset=5"},
+            RateLimitInfo(100, 0, 5.0, None, "ietf"),
+            id="ietf-07-dictionary-alone",
+        ),
+        pytest.param(
+            {
+                "ratelimit-policy": '"burst";q=100;w=60, "daily";q=1000;w=86400',
+                "ratelimit": '"daily";r=3;t=3600',
+            },
+            RateLimitInfo(1000, 3, 3600.0, 86400.0, "ietf"),
+            id="ietf-10-named-policy-not-the-first",
+        ),
+        pytest.param(
+            {
+                "ratelimit-policy": '"burst";q=100;w=60, "daily";q=1000;w=86400',
+                "ratelimit": '"burst";r=40;t=20, "daily";r=2;t=5000',
+            },
+            RateLimitInfo(1000, 2, 5000.0, 86400.0, "ietf"),
+            id="ietf-10-several-items-the-binding-one",
+        ),
+        pytest.param(
+            {"ratelimit-policy": '"burst";q=100;w=60, "slow";q=5;w=5'},
+            RateLimitInfo(5, None, None, 5.0, "ietf"),
+            id="ietf-lone-policy-most-restrictive",
+        ),
         pytest.param(
             {"sforce-limit-info": "api-usage=14990/15000"},
             RateLimitInfo(15000, 10, None, 86400.0, "salesforce"),
