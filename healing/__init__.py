@@ -18,6 +18,7 @@ from healing.errors import (
     RequestRefused,
     ResponseTooLarge,
     SchemaMismatch,
+    TokenEndpointUnavailable,
 )
 from healing.integration import CallContext, CallHints, current_call, integration
 from healing.interceptor import SelfHealingInterceptor
@@ -71,6 +72,7 @@ __all__ = [
     "ResponseTooLarge",
     "SchemaMismatch",
     "SelfHealingInterceptor",
+    "TokenEndpointUnavailable",
     "classify_error",
     "current_call",
     "detect_error",

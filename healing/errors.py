@@ -5,7 +5,8 @@
     ├── DecisionError          an escalation decision that cannot be applied
     │   └── WorkflowClosed     the workflow has already completed, failed, ended...
     ├── CredentialError        a credential is missing or its refresh failed
-    │   └── GrantRevoked       the refresh grant is dead (invalid_grant after re-reading the store)
+    │   ├── GrantRevoked       the refresh grant is dead (invalid_grant after re-reading the store)
+    │   └── TokenEndpointUnavailable  the token endpoint failed (5xx, 429, timeout, bad answer)
     ├── StoreError             the healing store failed
     │   └── StoreUnavailable   the database cannot be reached (healing goes on from the matrix)
     ├── RequestRefused         a call not sent: missing path parameter, unknown operation, ...
@@ -56,6 +57,11 @@ class CredentialError(HealingError):
 
 class GrantRevoked(CredentialError):
     """The refresh grant is dead: a human must reauthorize the connector."""
+
+
+class TokenEndpointUnavailable(CredentialError):
+    """The token endpoint could not give a token now (5xx, 429, timeout, non-JSON answer, no
+    ``access_token``): transient, healed like an outage, never a dead grant."""
 
 
 class StoreError(HealingError):

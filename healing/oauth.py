@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from healing.credentials import BearerAuth, Credential, CredentialStore, OAuthClient
-from healing.errors import CredentialError, GrantRevoked
+from healing.errors import CredentialError, GrantRevoked, TokenEndpointUnavailable
 from healing.redact import redact, scrub
 
 __all__ = ["TokenRefresher"]
@@ -156,9 +156,9 @@ class TokenRefresher:
                 return current
             until = self._cooldown_until.get(connector, 0.0)
             if self._clock() < until:
-                raise CredentialError(
-                    f"token refresh for {connector!r} is cooling down after a failed attempt; "
-                    f"next try in {until - self._clock():.0f} s",
+                raise TokenEndpointUnavailable(
+                    f"the token endpoint of {connector!r} failed moments ago; the next refresh "
+                    f"attempt is allowed in {until - self._clock():.0f} s",
                     connector=connector,
                 )
             return await self._refresh_locked(connector, client, current, reason)
@@ -194,7 +194,10 @@ class TokenRefresher:
         if response.status_code in (400, 401) and body.get("error") == "invalid_grant":
             return await self._after_invalid_grant(connector, current)
         if response.status_code != 200 or not isinstance(body.get("access_token"), str):
-            detail = str(body.get("error") or response.reason_phrase or "no access_token")[:100]
+            if response.status_code == 200:  # name what is wrong with a 200
+                detail = "a body that is not JSON" if not body else "no access_token in the answer"
+            else:
+                detail = str(body.get("error") or response.reason_phrase or "no detail")[:100]
             raise self._transient(
                 connector, f"token endpoint answered {response.status_code} ({detail})", secrets
             )
@@ -235,9 +238,9 @@ class TokenRefresher:
     def _transient(self, connector: str, what: str, secrets: list[str]) -> CredentialError:
         self._cooldown_until[connector] = self._clock() + self._cooldown_s
         log.warning("token refresh for %s failed: %s", connector, _scrub(what, secrets))
-        return CredentialError(
-            f"token refresh for {connector!r} failed: {_scrub(what, secrets)}; "
-            f"retrying after {self._cooldown_s:.0f} s",
+        return TokenEndpointUnavailable(
+            f"token endpoint unavailable for {connector!r}: {_scrub(what, secrets)}; the next "
+            f"refresh attempt is allowed in {self._cooldown_s:.0f} s",
             connector=connector,
         )
 

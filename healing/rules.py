@@ -171,6 +171,8 @@ EXCEPTION_DEFAULTS: tuple[tuple[str, ErrorType], ...] = (
     ("healing.errors.ResponseTooLarge", E.RESPONSE_TOO_LARGE),
     ("healing.errors.RequestRefused", E.BAD_REQUEST),
     ("pydantic_core.ValidationError", E.SCHEMA_MISMATCH),
+    # Token endpoint trouble is an outage of the vendor's auth server, not a bad credential.
+    ("healing.errors.TokenEndpointUnavailable", E.SERVICE_DOWN),
     ("healing.errors.CredentialError", E.AUTH_INVALID),
     ("httpx.TimeoutException", E.TIMEOUT), ("TimeoutError", E.TIMEOUT),
     ("httpx.ConnectError", E.SERVICE_DOWN), ("ConnectionRefusedError", E.SERVICE_DOWN),

@@ -29,7 +29,7 @@ from healing.credentials import (
     OAuthClient,
     generate_secret_key,
 )
-from healing.errors import ConfigError, CredentialError, GrantRevoked
+from healing.errors import ConfigError, CredentialError, GrantRevoked, TokenEndpointUnavailable
 from healing.oauth import TokenRefresher
 
 CLIENT_SECRET = "cs-" + secrets.token_hex(8)
@@ -488,9 +488,11 @@ async def test_cooldown_after_server_error(caplog: pytest.LogCaptureFixture) -> 
             with pytest.raises(CredentialError) as info:
                 await refresher.refresh("crm")
             assert not isinstance(info.value, GrantRevoked)
+            assert isinstance(info.value, TokenEndpointUnavailable)  # transient, not a dead grant
             errors.append(info.value)
         assert endpoint.calls == 1  # the second attempt did not call out
-        assert "503" in str(errors[0]) and "cooling down" in str(errors[1])
+        assert "503" in str(errors[0]) and "failed moments ago" in str(errors[1])
+        assert "retrying" not in str(errors[0])  # nothing retries on its own
         endpoint.fail_with = None
         clock.now += 1.5
         got = await refresher.refresh("crm")
