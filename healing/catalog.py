@@ -64,6 +64,8 @@ class AuthSpec(_Spec):
     scheme: str | None = None
     """Prefix of an API key header value, e.g. ``Bearer`` or ``Token``; None sends the key bare."""
     scope: str | None = None
+    auth_method: Literal["client_secret_post", "client_secret_basic"] = "client_secret_post"
+    """How the client authenticates at the token endpoint (RFC 6749 section 2.3.1)."""
 
     @model_validator(mode="after")
     def _complete(self) -> AuthSpec:

@@ -60,10 +60,19 @@ class Credential(BaseModel):
     """Epoch seconds; None when the vendor did not say (the token is then used until a 401)."""
     token_type: str = "Bearer"
     version: int = 0
+    issued_at: float | None = None
+    """Epoch seconds the token was obtained; with ``expires_at`` it gives the lifetime."""
 
     def expires_within(self, seconds: float, *, now: float) -> bool:
         """True when the access token expires less than ``seconds`` after ``now``."""
         return self.expires_at is not None and self.expires_at - seconds <= now
+
+    def leeway(self, at_most_s: float, fraction: float) -> float:
+        """How early to refresh: ``fraction`` of the token's lifetime, at most ``at_most_s``
+        (a 30 s token refreshes 3 s early, not on every call)."""
+        if self.expires_at is None or self.issued_at is None:
+            return at_most_s
+        return min(at_most_s, max(self.expires_at - self.issued_at, 0.0) * fraction)
 
 
 class OAuthClient(BaseModel):

@@ -40,7 +40,9 @@ class TokenRefresher:
             token as is (API keys, static tokens).
         http: Client for token endpoint calls; one is created (and closed by ``aclose``) if None.
         clock: Epoch seconds; injected by tests.
-        leeway_s: ``access_token`` refreshes a token expiring within this many seconds.
+        leeway_s: ``access_token`` refreshes a token expiring within this many seconds, or
+            within ``leeway_fraction`` of its lifetime when that is shorter.
+        leeway_fraction: Share of a token's lifetime kept as leeway (short-lived tokens).
         cooldown_s: After a failed endpoint call (5xx, network, bad answer), ``refresh`` fails
             fast for this long instead of calling out again.
         grace_s: After ``invalid_grant``, how long to keep re-reading the store for a sibling's
@@ -56,6 +58,7 @@ class TokenRefresher:
         http: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
         leeway_s: float = 60.0,
+        leeway_fraction: float = 0.1,
         cooldown_s: float = 30.0,
         grace_s: float = 2.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -66,6 +69,7 @@ class TokenRefresher:
         self._owns_http = http is None
         self._clock = clock
         self._leeway_s = leeway_s
+        self._leeway_fraction = leeway_fraction
         self._cooldown_s = cooldown_s
         self._grace_s = grace_s
         self._sleep = sleep
@@ -111,7 +115,9 @@ class TokenRefresher:
                     connector=connector,
                 )
             cred = await self.refresh(connector, reason="no token yet")
-        elif client is not None and cred.expires_within(self._leeway_s, now=self._clock()):
+        elif client is not None and cred.expires_within(
+            cred.leeway(self._leeway_s, self._leeway_fraction), now=self._clock()
+        ):
             try:
                 cred = await self.refresh(
                     connector, seen_version=cred.version, reason="token expires within leeway"
@@ -273,11 +279,10 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 def _credential(
     connector: str, body: dict[str, Any], current: Credential | None, *, now: float
 ) -> Credential:
-    expires_in = body.get("expires_in")
-    try:
-        expires_at = now + float(expires_in) if expires_in is not None else None
-    except (TypeError, ValueError):
-        expires_at = None
+    expires_at = None
+    seconds = _expires_in(connector, body.get("expires_in"))
+    if seconds is not None:
+        expires_at = now + seconds
     refresh_token = body.get("refresh_token")
     if not isinstance(refresh_token, str):  # no rotation: keep the refresh token we have
         refresh_token = (
@@ -289,7 +294,27 @@ def _credential(
         refresh_token=refresh_token,
         expires_at=expires_at,
         token_type=str(body.get("token_type") or "Bearer"),
+        issued_at=now,
     )
+
+
+_MAX_LIFETIME_S = 366 * 24 * 3600.0
+
+
+def _expires_in(connector: str, value: Any) -> float | None:
+    """The token's lifetime in seconds; absurd values are dropped with a warning (the token
+    is then used until a 401), so a negative one is not stored as already expired."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        log.warning("token endpoint of %s sent a non-numeric expires_in; ignoring it", connector)
+        return None
+    if not 0 < seconds <= _MAX_LIFETIME_S:  # also NaN
+        log.warning("token endpoint of %s sent expires_in=%s; ignoring it", connector, value)
+        return None
+    return seconds
 
 
 def _secrets(client: OAuthClient, current: Credential | None) -> list[str]:

@@ -625,3 +625,90 @@ async def test_real_token_endpoint_rotation_race_and_revocation(
     _assert_no_secrets(str(info.value) + repr(info.value) + caplog.text, values)
     for value in values:
         assert value.encode() not in blob
+
+
+class ShortLivedEndpoint(TokenEndpoint):
+    """Issues tokens with the given ``expires_in`` (a vendor's honest or absurd value)."""
+
+    def __init__(self, refresh_token: str, expires_in: Any) -> None:
+        super().__init__(refresh_token)
+        self.expires_in = expires_in
+
+    async def answer(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        status, payload = await super().answer(form)
+        if status == 200:
+            payload["expires_in"] = self.expires_in
+        return status, payload
+
+
+async def test_a_short_lived_token_is_not_refreshed_on_every_call() -> None:
+    # 30 s tokens: a fixed 60 s leeway would refresh on every call; a tenth of the lifetime
+    # refreshes 3 s before expiry.
+    store, clock = MemoryCredentialStore(), Clock()
+    old = await _seed(store, expires_at=clock.now - 1)
+    endpoint = ShortLivedEndpoint(_rt(old), 30)
+    async with endpoint.http() as http:
+        refresher = TokenRefresher(store, {"crm": _client()}, http=http, clock=clock)
+        first = await refresher.access_token("crm")
+        for _ in range(5):
+            clock.now += 5  # 25 s of a 30 s token
+            assert await refresher.access_token("crm") == first
+        assert endpoint.calls == 1
+        clock.now += 3  # 2 s left: inside the 3 s leeway
+        assert await refresher.access_token("crm") != first
+        assert endpoint.calls == 2
+
+
+@pytest.mark.parametrize("expires_in", [-3600, 0, "soon", 10**12, "NaN"])
+async def test_absurd_expires_in_is_ignored_with_a_warning(
+    expires_in: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, clock = MemoryCredentialStore(), Clock()
+    old = await _seed(store, expires_at=clock.now - 1)
+    endpoint = ShortLivedEndpoint(_rt(old), expires_in)
+    async with endpoint.http() as http:
+        refresher = TokenRefresher(store, {"crm": _client()}, http=http, clock=clock)
+        token = await refresher.access_token("crm")
+        # Not stored as already expired: the next call uses it instead of refreshing again.
+        assert await refresher.access_token("crm") == token
+    assert endpoint.calls == 1
+    stored = await store.get("crm")
+    assert stored is not None and stored.expires_at is None
+    assert "expires_in" in caplog.text
+
+
+def test_catalog_auth_method_reaches_the_oauth_client() -> None:
+    from healing.catalog import ConnectorCatalog
+
+    catalog = ConnectorCatalog.from_dict(
+        {
+            "connectors": {
+                "crm": {
+                    "base_url": "https://api.example.test",
+                    "auth": {
+                        "kind": "oauth2",
+                        "token_url": "https://auth.example.test/token",
+                        "client_id": "app",
+                        "auth_method": "client_secret_basic",
+                    },
+                }
+            }
+        }
+    )
+    assert catalog.connector("crm").auth.auth_method == "client_secret_basic"
+    with pytest.raises(ConfigError, match="auth_method"):
+        ConnectorCatalog.from_dict(
+            {
+                "connectors": {
+                    "crm": {
+                        "base_url": "https://api.example.test",
+                        "auth": {
+                            "kind": "oauth2",
+                            "token_url": "https://auth.example.test/token",
+                            "client_id": "app",
+                            "auth_method": "telepathy",
+                        },
+                    }
+                }
+            }
+        )
