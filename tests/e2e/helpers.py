@@ -79,3 +79,41 @@ def get_contact(contact_id: str) -> dict[str, Any]:
     """IntegrationWorkflow input: one get_contact step."""
     step = {"connector": "crm", "operation": "get_contact", "params": {"id": contact_id}}
     return {"steps": [step]}
+
+
+async def healing_piped(
+    *args: str, stdin: bytes = b"", env: Mapping[str, str] | None = None, within: float = 60.0
+) -> tuple[int, str, str, float]:
+    """``healing ARGS`` with ``stdin`` piped (so not a terminal); also returns its wall time."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *healing_command(),
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), within)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode(), time.monotonic() - started
+
+
+async def wait_listed(
+    client: Client, query: str, expected: set[str], within: float = 20.0
+) -> set[str]:
+    """Workflow ids ``query`` lists, once they are ``expected`` (visibility lags a little)."""
+    deadline = time.monotonic() + within
+    found: set[str] = set()
+    while time.monotonic() < deadline:
+        found = {wf.id async for wf in client.list_workflows(query)}
+        if found == expected:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{query!r} listed {sorted(found)}, not {sorted(expected)}")

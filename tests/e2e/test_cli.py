@@ -8,21 +8,25 @@ subprocesses, exactly as a user would.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import importlib.metadata
+import io
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.service import RPCError, RPCStatusCode
 
-from healing.cli import build_parser, main
-from healing.client import decide
+from healing.cli import _console, _escalations_table, build_parser, main
+from healing.client import PausedWorkflow, _query_status, decide
 from healing.config import BackoffPolicy, HealingConfig
 from healing.devserver import DevServer, find_free_port, find_temporal_cli
 from healing.errors import WorkflowClosed
@@ -30,7 +34,7 @@ from healing.plugin import HealingPlugin
 from healing.runner import build_worker, connect
 from healing.store import connect_store
 from healing.testing import ChaosAPI, FaultPlan, FaultRule, StatusFault
-from healing.types import ErrorPattern, ErrorType, HealingEvent
+from healing.types import ErrorPattern, ErrorType, EscalationBrief, HealingEvent
 from tests.e2e.helpers import (
     crm_catalog,
     get_contact,
@@ -68,6 +72,135 @@ def test_unknown_option_lists_the_valid_ones(capsys: pytest.CaptureFixture[str])
 def test_missing_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "required: COMMAND" in capsys.readouterr().err
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert (
+        capsys.readouterr().out.strip()
+        == f"healing {importlib.metadata.version('temporal-healing')}"
+    )
+
+
+async def test_version_from_the_console_script() -> None:
+    code, out, err = await healing("--version")
+    assert code == 0, err
+    assert out.strip() == f"healing {importlib.metadata.version('temporal-healing')}"
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found.extend(_parsers(child))
+    return found
+
+
+def test_every_option_has_help_and_no_help_shows_markup(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parsers = _parsers(build_parser())
+    assert len(parsers) > 10
+    for parser in parsers:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, f"{parser.prog}: {action.dest} has no help"
+        parser.print_help()
+        text = capsys.readouterr().out
+        assert "``" not in text, f"{parser.prog} --help shows RST markup"
+        assert ":func:" not in text and ":class:" not in text
+
+
+def test_decide_takes_a_workflow_or_a_query(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decide", "--query", 'TaskQueue = "q"']) == 2
+    assert "required: OPTION" in capsys.readouterr().err
+    assert main(["decide", "wf-1", "retry", "--query", 'TaskQueue = "q"']) == 2
+    assert "either WORKFLOW_ID or --query" in capsys.readouterr().err
+    assert main(["decide", "--query", "x", "retry", "--escalation-id", "e"]) == 2
+    assert "does not go with --query" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows", [3, 300])
+def test_escalations_table_keeps_every_id_whole(rows: int) -> None:
+    """Small listings use rich's Table, long ones the same columns laid out by hand."""
+    now = datetime.now(UTC)
+    found = [
+        PausedWorkflow(
+            f"order-sync-{i:04d}-{uuid.uuid4().hex}",
+            None,
+            "IntegrationWorkflow",
+            "integrations",
+            now,
+            EscalationBrief(
+                escalation_id=uuid.uuid4().hex,
+                workflow_id=f"order-sync-{i:04d}",
+                error_type=ErrorType.NOT_FOUND,
+                connector="crm",
+                operation="get_contact",
+                opened_at=now - timedelta(minutes=5),
+                timeout_at=now + timedelta(days=7),
+                options=["retry", "skip", "abort"],
+                default_option="abort",
+                explanation="The call `crm.get_contact` got HTTP 404 " + "and more words " * 20,
+            ),
+        )
+        for i in range(rows)
+    ]
+    out = io.StringIO()
+    console = _console(out)
+    console.print(_escalations_table(found, "t", 160), soft_wrap=True)
+    lines = out.getvalue().splitlines()
+    assert lines[1].split() == [
+        "WORKFLOW", "ERROR", "CALL", "OPENED", "DEFAULT", "OPTIONS", "EXPLANATION"
+    ]  # fmt: skip
+    assert len(lines) == rows + 2
+    for wf, line in zip(found, lines[2:], strict=True):
+        assert len(line.rstrip()) <= 160
+        cells = line.split()
+        assert cells[:6] == [wf.workflow_id, "NOT_FOUND", "crm.get_contact", "5m", "ago", "abort"]
+        assert (
+            "retry,skip,abort" in line and "HTTP 404" in line and line.rstrip().endswith("\u2026")
+        )
+
+
+class _Handle:
+    """A workflow handle whose query raises ``error`` (or answers ``answer``)."""
+
+    def __init__(self, error: Exception | None = None, answer: object = None) -> None:
+        self.error, self.answer = error, answer
+
+    async def query(self, name: str, **_: object) -> object:
+        if self.error is not None:
+            raise self.error
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("error", "answered"),
+    [
+        (RPCError("Timeout expired", RPCStatusCode.CANCELLED, b""), False),
+        (RPCError("deadline", RPCStatusCode.DEADLINE_EXCEEDED, b""), False),
+        (
+            RPCError(
+                "no poller seen for task queue recently, worker may be down",
+                RPCStatusCode.FAILED_PRECONDITION,
+                b"",
+            ),
+            False,
+        ),
+        (RPCError("unavailable", RPCStatusCode.UNAVAILABLE, b""), False),
+        (WorkflowQueryFailedError("unknown queryType healing_status"), True),
+    ],
+)
+async def test_only_a_worker_answer_counts_as_a_worker(error: Exception, answered: bool) -> None:
+    """The server's own errors (it says "worker may be down" a while after the last poll)
+    must never pass for a live worker: decide would then send an update that waits."""
+    got, status, _ = await _query_status(_Handle(error), 1.0)  # type: ignore[arg-type]
+    assert (got, status) == (answered, None)
+    got, status, problem = await _query_status(_Handle(answer={"state": "idle"}), 1.0)  # type: ignore[arg-type]
+    assert got and status is not None and status.state == "idle" and problem is None
 
 
 def test_global_options_go_before_or_after_the_command() -> None:
