@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 from temporalio import activity
@@ -16,14 +17,19 @@ from temporalio.exceptions import ApplicationError
 from healing.config import HealingConfig
 from healing.errors import CredentialError, GrantRevoked
 from healing.eventlog import EventLog
+from healing.metrics import notification as count_notification
 from healing.names import (
     ADAPT_ACTIVITY,
     CREDENTIAL_ERROR_TYPE,
     GRANT_REVOKED_TYPE,
     MATCH_ACTIVITY,
+    NOTIFY_ACTIVITY,
+    NOTIFY_FAILED_TYPE,
+    NOTIFY_REJECTED_TYPE,
     RECORD_ACTIVITY,
     REFRESH_ACTIVITY,
 )
+from healing.notify import Notification, NotifyError, deliver, describe_target, notify_format
 from healing.patterns import PatternCache
 from healing.store.base import Store
 from healing.types import ErrorPattern, ErrorType, HealingEvent
@@ -136,6 +142,49 @@ class HealingActivities:
         logger.info("schema of %s.%s adapted: %s", key[0], key[1], mapping)
         return {"mapping": self.schema_mappings[key]}
 
+    @activity.defn(name=NOTIFY_ACTIVITY)
+    async def notify(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Tell a human that a workflow paused (``healing.notify``): a log line, or a signed
+        webhook / Slack POST. A receiver's 5xx or timeout fails the attempt (the workflow's
+        RetryPolicy tries again); a 4xx is not retried. Never logs the URL or the secret."""
+        cfg = self.config
+        notice = Notification.model_validate(request)
+        url = cfg.notify_webhook.get_secret_value() if cfg.notify_webhook else None
+        secret = cfg.notify_secret.get_secret_value() if cfg.notify_secret else None
+        fmt = notify_format(url, cfg.notify_format)
+        try:
+            done = await deliver(
+                notice, url=url, secret=secret, fmt=fmt, timeout_s=cfg.notify_timeout_s
+            )
+        except NotifyError as exc:
+            attempt = activity.info().attempt
+            count_notification(fmt, "failed" if exc.retryable else "rejected")
+            logger.warning(
+                "notifying %s of the pause of %s failed (attempt %d%s): %s",
+                describe_target(url or ""),
+                notice.workflow_id,
+                attempt,
+                "; retrying" if exc.retryable else "; not retried",
+                exc,
+            )
+            delay = timedelta(seconds=exc.retry_after_s) if exc.retry_after_s else None
+            raise ApplicationError(
+                str(exc),
+                type=NOTIFY_FAILED_TYPE if exc.retryable else NOTIFY_REJECTED_TYPE,
+                non_retryable=not exc.retryable,
+                next_retry_delay=delay,
+            ) from None
+        count_notification(fmt, "sent")
+        if done["format"] != "log":
+            logger.info(
+                "notified %s of the pause of %s (%s, HTTP %s)",
+                done["target"],
+                notice.workflow_id,
+                done["format"],
+                done["status"],
+            )
+        return done
+
 
 def healing_activities(
     config: HealingConfig | None = None,
@@ -146,4 +195,10 @@ def healing_activities(
     """The healing activities to register beside the bare ``SelfHealingInterceptor``
     (pass the same interceptor so learning and the event log reach its store)."""
     acts = HealingActivities(config or HealingConfig(), tokens=tokens, interceptor=interceptor)
-    return [acts.refresh_credentials, acts.adapt_schema, acts.match_pattern, acts.record]
+    return [
+        acts.refresh_credentials,
+        acts.adapt_schema,
+        acts.match_pattern,
+        acts.record,
+        acts.notify,
+    ]

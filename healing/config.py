@@ -115,6 +115,22 @@ class HealingConfig(BaseSettings):
     store: str = "sqlite:///.healing/healing.db"
     secret_key: SecretStr | None = None
 
+    # Telling a human (healing.notify) and metrics (healing.metrics), read by the worker.
+    notify_webhook: SecretStr | None = None
+    """``HEALING_NOTIFY_WEBHOOK``: URL POSTed when a workflow pauses (unset: a log line only).
+    A secret: a Slack incoming-webhook URL is a credential, so it is never logged."""
+    notify_secret: SecretStr | None = None
+    """``HEALING_NOTIFY_SECRET``: HMAC-SHA256 key of ``X-Healing-Signature`` (unset: unsigned)."""
+    notify_format: Literal["auto", "json", "slack"] = "auto"
+    """``HEALING_NOTIFY_FORMAT``: ``auto`` sends Slack messages to hooks.slack.com, else JSON."""
+    notify_timeout_s: float = Field(default=10.0, gt=0)
+    """How long one webhook POST may take; a timeout is retried like a 5xx."""
+    web_ui_url: str = "http://localhost:8233"
+    """``HEALING_WEB_UI_URL``: the Temporal Web UI that notifications link to."""
+    metrics: str | None = None
+    """``HEALING_METRICS``: bind address of the worker's Prometheus endpoint
+    (``127.0.0.1:9464``; unset: off)."""
+
     @field_validator("matrix", mode="after")
     @classmethod
     def _complete_matrix(cls, value: dict[ErrorType, MatrixRow]) -> dict[ErrorType, MatrixRow]:
