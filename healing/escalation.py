@@ -118,19 +118,20 @@ def options_for(
     return options
 
 
-def _seconds(seconds: float) -> str:
+def format_delay(seconds: float) -> str:
     """A short delay to a tenth of a second (``1.5s``); longer ones in human units."""
     return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds)
 
 
 def tried_item(attempt: HealingAttempt) -> str:
-    """One thing tried, as a markdown list item: time, strategy, outcome and detail."""
-    when = attempt.at.strftime("%H:%M:%S UTC")
-    strategy = str(attempt.strategy).replace("_", " ")
-    error = f" ({attempt.error_type.value})" if attempt.error_type else ""
-    delay = f" after {_seconds(attempt.delay_s)}" if attempt.delay_s else ""
+    """One thing tried, as a markdown list item: time, error, strategy, outcome: detail."""
+    fields = [attempt.at.strftime("%H:%M:%S UTC")]
+    if attempt.error_type:
+        fields.append(attempt.error_type.value)
+    fields += [str(attempt.strategy).replace("_", " "), f"**{attempt.outcome}**"]
+    delay = f" after {format_delay(attempt.delay_s)}" if attempt.delay_s else ""
     detail = f": {attempt.detail}" if attempt.detail else ""
-    return f"- {when}: {strategy}{error} -> **{attempt.outcome}**{delay}{detail}"
+    return f"- {' · '.join(fields)}{delay}{detail}"
 
 
 def explain(

@@ -17,6 +17,7 @@ from temporalio.plugin import SimplePlugin
 from temporalio.worker import Worker, WorkerConfig, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from healing import logs
 from healing.activities import Refresher, healing_activities
 from healing.config import HealingConfig
 from healing.interceptor import SelfHealingInterceptor
@@ -74,6 +75,7 @@ class HealingPlugin(SimplePlugin):
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config or HealingConfig()
+        logs.install()  # one line per healing step instead of a traceback (idempotent)
         self.interceptor = SelfHealingInterceptor(
             self.config,
             alternatives=alternatives,

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from healing.escalation import format_duration
 from healing.learning import StrategyHint
 from healing.types import Classification, ErrorType, HealingState, HealingStrategy
 
@@ -37,6 +38,11 @@ TRANSIENT_TYPES = frozenset(
 outlast their retries by waiting for recovery or by rerouting."""
 REROUTABLE_TYPES = TRANSIENT_TYPES | {ErrorType.CIRCUIT_OPEN}
 """Failures another region or vendor of the same operation may not share."""
+LEGACY_REROUTABLE_TYPES = frozenset({ErrorType.SERVICE_DOWN, ErrorType.CIRCUIT_OPEN})
+"""What workflows started before the outage rule rerouted; their histories replay by it."""
+MIN_DELAY_S = 0.1
+"""Floor of every server-side wait: a zero ``next_retry_delay`` would hand the pace back to
+the activity's own RetryPolicy."""
 WORKFLOW_STRATEGIES: dict[HealingStrategy, str] = {
     HealingStrategy.REFRESH_TOKEN: "a credential refresh",
     HealingStrategy.SCHEMA_ADAPT: "a schema adaptation",
@@ -87,19 +93,18 @@ def _retry_delay(s: AttemptSituation) -> float:
     cls = s.classification
     if cls.retry_after_s is not None:
         # Never sooner than asked, but spread: callers throttled together return apart.
-        return cls.retry_after_s * (1 + s.spread)
+        return max(cls.retry_after_s * (1 + s.spread), MIN_DELAY_S)
     if s.hint is not None and s.hint.wait_s is not None and not s.hint.skip_retries:
-        return s.hint.wait_s
-    return s.backoff_s
+        return max(s.hint.wait_s * (1 + s.spread), MIN_DELAY_S)  # learned, yet not in lockstep
+    return max(s.backoff_s, MIN_DELAY_S)
 
 
 def _recovery_wait(s: AttemptSituation) -> float:
     if s.circuit_wait_s is not None:
-        return s.circuit_wait_s
-    asked = s.classification.retry_after_s
-    if asked is not None:
-        return asked * (1 + s.spread)
-    return s.probe_interval_s * (1 + s.spread)
+        return max(s.circuit_wait_s, MIN_DELAY_S)
+    # The probe cadence, or later when the service asks for later: never a probe a second.
+    asked = s.classification.retry_after_s or 0.0
+    return max(asked, s.probe_interval_s) * (1 + s.spread)
 
 
 def next_attempt(s: AttemptSituation) -> AttemptVerdict:
@@ -126,18 +131,20 @@ def next_attempt(s: AttemptSituation) -> AttemptVerdict:
         return hand_over(f"{key} needs {WORKFLOW_STRATEGIES[cls.strategy]}")
     if s.hint is not None and s.hint.skip_retries:
         return hand_over(f"learned: {s.hint.reason}")
-    if cls.retry_after_s is not None and cls.retry_after_s > s.max_retry_after_s:
-        return hand_over(
-            f"the service asks to wait {cls.retry_after_s:.0f}s, past the "
-            f"{s.max_retry_after_s:.0f}s limit"
-        )
     if cls.error_type is ErrorType.CIRCUIT_OPEN:
+        # Our own breaker's wait, bounded by the budget: never "the service asks".
         if s.has_alternative:
             return hand_over("the connector's circuit is open and an alternative is available")
         delay = s.circuit_wait_s if s.circuit_wait_s is not None else _retry_delay(s)
+        delay = max(delay, MIN_DELAY_S)
         if s.elapsed_s + delay > s.budget_s:
             return hand_over(_budget_reason(s, "the circuit stayed open"))
         return AttemptVerdict("wait_recovery", delay, "waiting behind the open circuit")
+    if cls.retry_after_s is not None and cls.retry_after_s > s.max_retry_after_s:
+        return hand_over(
+            f"the service asks to wait {format_duration(cls.retry_after_s)}, past the "
+            f"{format_duration(s.max_retry_after_s)} limit"
+        )
     if s.used > cls.max_attempts:
         spent = f"the {cls.max_attempts} retries for {key} are spent"
         if cls.error_type not in TRANSIENT_TYPES:
@@ -155,7 +162,7 @@ def next_attempt(s: AttemptSituation) -> AttemptVerdict:
 
 
 def _budget_reason(s: AttemptSituation, what: str) -> str:
-    return f"{what} within the healing budget of {s.budget_s:.0f}s"
+    return f"{what} within the healing budget of {format_duration(s.budget_s)}"
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,9 @@ class StepSituation:
     """Schema adaptations this call has had."""
     untried_alternatives: tuple[str, ...] = ()
     has_connector: bool = True
-    """The call names a connector (refresh and reroute need one)."""
+    """The call names a connector (refresh, adapt and reroute need one)."""
+    legacy: bool = False
+    """A workflow started before the outage rule: reroute as it did then (replay safety)."""
 
 
 @dataclass(frozen=True)
@@ -192,12 +201,15 @@ def next_step(s: StepSituation) -> StepVerdict:
         if s.refreshes < cls.max_attempts:
             return StepVerdict("refresh", reason="the credentials expired")
         return StepVerdict("escalate", reason=f"{s.refreshes} refreshes did not help")
-    if etype is ErrorType.SCHEMA_MISMATCH and cls.schema_mapping:
+    if etype is ErrorType.SCHEMA_MISMATCH and cls.schema_mapping and s.has_connector:
         if s.adapts < cls.max_attempts:
             return StepVerdict("adapt", reason="renamed fields can be mapped")
         return StepVerdict("escalate", reason=f"{s.adapts} adaptations did not help")
-    # A quota (escalate_now) is our account's, not the upstream's health: no reroute.
-    reroutable = etype in REROUTABLE_TYPES and cls.retryable and not cls.escalate_now
+    if s.legacy:
+        reroutable = etype in LEGACY_REROUTABLE_TYPES
+    else:
+        # A quota (escalate_now) is our account's, not the upstream's health: no reroute.
+        reroutable = etype in REROUTABLE_TYPES and cls.retryable and not cls.escalate_now
     if reroutable and s.has_connector and s.untried_alternatives:
         target = s.untried_alternatives[0]
         return StepVerdict("reroute", target=target, reason=f"{etype.value}: try {target}")

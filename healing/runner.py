@@ -20,10 +20,12 @@ from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
+from healing import logs
 from healing.catalog import ConnectorCatalog, load_catalog
 from healing.config import HealingConfig
 from healing.credentials import FileCredentialStore, OAuthClient
 from healing.errors import ConfigError, HealingError
+from healing.metrics import bind_address, prometheus_runtime
 from healing.oauth import TokenRefresher
 from healing.plugin import HealingPlugin
 from healing.store import connect_store
@@ -132,6 +134,7 @@ def token_refresher(
             client_secret=secret,
             grant=auth.grant,
             scope=auth.scope,
+            auth_method=auth.auth_method,
         )
     if not clients:
         return None
@@ -182,6 +185,7 @@ def build_worker(
     from activities import IntegrationActivities  # lazily: healing/ must not need them
     from workflows import IntegrationWorkflow
 
+    logs.install()  # one line per healing step instead of a traceback (idempotent)
     acts = IntegrationActivities(catalog, tokens=tokens, transport=transport)
     worker = Worker(
         client,
@@ -204,10 +208,12 @@ async def run_worker(address: str, namespace: str, *, stop: asyncio.Event | None
     tuning = worker_tuning()
     catalog = load_connectors(config)
     tokens = token_refresher(config, catalog)
+    # HEALING_METRICS: SDK and healing_* metrics on a Prometheus endpoint (healing.metrics).
+    runtime = prometheus_runtime(config.metrics) if config.metrics else None
     # Opened before the worker exists: a bad HEALING_STORE fails here, naming the variable.
     store = await connect_store(config.store)
     plugin = HealingPlugin(config, alternatives=catalog.alternatives(), tokens=tokens, store=store)
-    client = await connect(address, namespace, plugin)
+    client = await connect(address, namespace, plugin, runtime=runtime)
     worker, acts = build_worker(client, config, catalog, tokens=tokens, **tuning)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -215,10 +221,14 @@ async def run_worker(address: str, namespace: str, *, stop: asyncio.Event | None
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     in_use = worker.config(active_config=True)  # shows what the Worker took, not the env
+    metrics_note = ""
+    if config.metrics:
+        metrics_note = f", metrics on http://{bind_address(config.metrics)}/metrics"
     print(
         f"healing worker: task queue {worker.task_queue!r} on {address} "
         f"(namespace {namespace}), connectors: {', '.join(sorted(catalog.connectors)) or 'none'}"
-        f"{''.join(f', {k}={in_use.get(k)}' for k in tuning)}; Ctrl-C stops",
+        f"{''.join(f', {k}={in_use.get(k)}' for k in tuning)}"
+        f"{metrics_note}; Ctrl-C stops",
         flush=True,
     )
     try:

@@ -21,6 +21,7 @@ from temporalio.worker import (
     ExecuteActivityInput,
 )
 
+from healing import metrics
 from healing.backoff import backoff_delay
 from healing.breaker import BreakerBoard, BreakerTransition
 from healing.classify import Failure, detect_error
@@ -86,9 +87,23 @@ def _outage_note(since: str, cls: Classification) -> str:
     return f"; failing since {since.replace('T', ' ')}, last answer {answer}"
 
 
+def _healing_time(call: Attempt) -> float:
+    """Seconds since the call's first failure (its whole time when the ledger was lost)."""
+    first = call.ledger.failed_at_s
+    return max(call.elapsed() - (first or 0.0), 0.0)
+
+
+def _strategy(value: str) -> HealingStrategy:
+    try:
+        return HealingStrategy(value)
+    except ValueError:
+        return HealingStrategy.RETRY
+
+
 def _log_transition(change: BreakerTransition | None) -> None:
     # Waits behind an open circuit are BENIGN and quiet: say when the circuit changes.
     if change is not None:
+        metrics.breaker_changed(change)
         logger.warning(
             "circuit for %s: %s -> %s", change.connector, change.from_state, change.to_state
         )
@@ -174,7 +189,7 @@ class ActivityInbound(ActivityInboundInterceptor):
         the workflow is told, since it cannot see server retries (``HEALED_SIGNAL``)."""
         pattern, strategy = call.ledger.pattern, call.ledger.strategy or "retry"
         assert pattern is not None
-        heal_s = round(call.elapsed(), 3)
+        heal_s = round(_healing_time(call), 3)
         # A wait the healer imposed (behind the circuit, at the probe cadence) measures our
         # pacing, not the upstream's recovery: it heals, but teaches no recovery time.
         learned_s = None if call.ledger.waited else heal_s
@@ -183,6 +198,7 @@ class ActivityInbound(ActivityInboundInterceptor):
         # Median heal times come from "healed" events of the strategy: file imposed waits apart.
         shown = HealingStrategy.WAIT_CIRCUIT.value if call.ledger.waited else strategy
         call.event("healed", pattern, strategy=shown, outcome="healed", duration_s=heal_s)
+        metrics.activity_healed(shown, pattern.error_type, heal_s)
         info = call.info
         if info.is_local or not info.workflow_id:
             return
@@ -192,16 +208,17 @@ class ActivityInbound(ActivityInboundInterceptor):
             attempts=info.attempt,
             counts_by_type=dict(call.ledger.counts),
             error_type=pattern.error_type,
-            strategy=HealingStrategy(strategy)
-            if strategy in HealingStrategy._value2member_map_
-            else HealingStrategy.RETRY,
+            strategy=_strategy(strategy),
             heal_s=heal_s,
         )
         try:
             handle = activity.client().get_workflow_handle(
                 info.workflow_id, run_id=info.workflow_run_id
             )
-            async with asyncio.timeout(_SIGNAL_TIMEOUT_S):
+            # Never at the result's expense: stay well inside this attempt's deadline.
+            left = inner_timeout(info)
+            budget = _SIGNAL_TIMEOUT_S if left is None else min(_SIGNAL_TIMEOUT_S, left / 4)
+            async with asyncio.timeout(budget):
                 await handle.signal(HEALED_SIGNAL, report.model_dump(mode="json"))
         except Exception as exc:  # the result matters more than the report of its heal
             logger.warning("could not report the heal of %s: %s", info.activity_id, exc)
@@ -237,7 +254,14 @@ class ActivityInbound(ActivityInboundInterceptor):
             counts = {key: info.attempt - 1}
         counts[key] = counts.get(key, 0) + 1
         used = counts[key]
-        elapsed = call.elapsed()
+        total = call.elapsed()
+        # The budget counts from the first failure: a long first attempt or a queue backlog
+        # is not healing time. A lost ledger on a retry counts everything, the safe side.
+        if call.ledger.failed_at_s is not None:
+            first_failure = call.ledger.failed_at_s
+        else:
+            first_failure = 0.0 if info.attempt > 1 else total
+        elapsed = max(total - first_failure, 0.0)
         budget = cfg.healing_budget_s if call.hints.budget_s is None else call.hints.budget_s
         hint = await self._hint(cls, call, budget)
         spread = random.Random(f"ra:{info.workflow_id}:{info.activity_id}:{used}").uniform(0, 0.1)
@@ -268,6 +292,7 @@ class ActivityInbound(ActivityInboundInterceptor):
             strategy=strategy,
             failing_since=since,
             waited=call.ledger.waited or verdict.action == "wait_recovery",
+            failed_at_s=first_failure,
         )
         if not info.is_local:
             # Survives to the next attempt: per-type budgets hold across server retries.
@@ -275,6 +300,7 @@ class ActivityInbound(ActivityInboundInterceptor):
             own = holder if holder is not None else user_details(info.heartbeat_details)
             activity.heartbeat(*own, ledger.to_detail())
         call.event("classified", cls, strategy=strategy, outcome=cls.rule)
+        metrics.activity_failure(cls.error_type, call.connector, call.operation)
         give_up = verdict.action == "hand_over"
         reason = verdict.reason if give_up else ""
         if give_up and cls.error_type in TRANSIENT_TYPES:
@@ -300,9 +326,11 @@ class ActivityInbound(ActivityInboundInterceptor):
         message = cls.message or key
         if give_up:
             call.event("gave_up", cls, strategy=strategy, outcome=reason, duration_s=elapsed)
+            metrics.activity_attempt(strategy, "gave_up", cls.error_type)
             return ApplicationError(f"{message} ({reason})", report, type=key, non_retryable=True)
         delay = verdict.delay_s or 0.0
         call.event("attempt", cls, strategy=strategy, outcome=f"{verdict.reason} in {delay:.2f}s")
+        metrics.activity_attempt(strategy, "retry", cls.error_type)
         waiting = verdict.action == "wait_recovery"
         category = (
             ApplicationErrorCategory.BENIGN

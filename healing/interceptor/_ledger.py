@@ -26,6 +26,9 @@ class Ledger:
     """When this call first failed (ISO wall-clock time), for outage explanations."""
     waited: bool = False
     """The healer imposed a recovery wait (behind the circuit or at the probe cadence)."""
+    failed_at_s: float | None = None
+    """Seconds into the call (from its schedule) when it first failed: the healing budget
+    counts from here."""
 
     @classmethod
     def from_details(cls, details: Any) -> Ledger:
@@ -41,6 +44,7 @@ class Ledger:
                         strategy=raw.get("strategy"),
                         failing_since=raw.get("failing_since"),
                         waited=bool(raw.get("waited", False)),
+                        failed_at_s=_seconds(raw.get("failed_at_s")),
                     )
                 except (TypeError, ValueError):
                     return cls()  # a foreign or corrupt detail: start afresh
@@ -54,6 +58,7 @@ class Ledger:
                 "strategy": self.strategy,
                 "failing_since": self.failing_since,
                 "waited": self.waited,
+                "failed_at_s": self.failed_at_s,
             }
         }
 
@@ -65,3 +70,7 @@ def is_ledger(item: Any) -> bool:
 def user_details(details: Any) -> list[Any]:
     """Heartbeat details without the ledger: what the activity itself recorded."""
     return [item for item in details or () if not is_ledger(item)]
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value >= 0 else None

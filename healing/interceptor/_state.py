@@ -13,7 +13,7 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 
 from healing.config import HealingConfig
-from healing.escalation import apply_patch, brief, check_decision, to_markdown
+from healing.escalation import apply_patch, brief, check_decision, format_delay, to_markdown
 from healing.logs import pause_line
 from healing.names import ERROR_TYPE_ATTRIBUTE, HEALED_SIGNAL, MEMO_KEY, STATUS_ATTRIBUTE
 from healing.types import (
@@ -30,6 +30,7 @@ ERROR_TYPE_KEY = SearchAttributeKey.for_keyword(ERROR_TYPE_ATTRIBUTE)
 _HISTORY = 50
 _SA_PATCH = "healing-search-attributes"
 _MEMO_PATCH = "healing-memo"
+_RETRIES_HEALED_PATCH = "healing-retries-healed"
 
 
 class WorkflowSide(Protocol):
@@ -119,14 +120,20 @@ class WorkflowHealing:
         workflow.set_current_details(details)
 
     def _announce(self) -> None:
-        """One log line per pause, with the workflow's Web UI link."""
+        """One log line per pause, with the workflow's Web UI link (logger ``healing``).
+
+        Without a webhook the notifier (``healing_notify``) logs that line itself; with one it
+        posts instead, so the worker log hears of the pause from here.
+        """
+        config = self.side.config
+        if getattr(config, "notify_webhook", None) is None:
+            return
         for esc in self.open.values():
             if esc.escalation_id in self.announced:
                 continue
             self.announced.add(esc.escalation_id)
-            info = workflow.info()
-            web_ui = getattr(self.side.config, "web_ui_url", None)
-            self.log.info(pause_line(esc, namespace=info.namespace, web_ui_url=web_ui))
+            web_ui = getattr(config, "web_ui_url", None)
+            self.log.info(pause_line(esc, namespace=workflow.info().namespace, web_ui_url=web_ui))
 
     def reject(self, problem: str, sent_by: str | None) -> None:
         """Record a refused decision signal and show it in Current Details."""
@@ -159,6 +166,9 @@ class WorkflowHealing:
         except ValidationError as exc:
             workflow.logger.warning("ignoring %s signal: %s", HEALED_SIGNAL, exc)
             return
+        if not self.feature(_RETRIES_HEALED_PATCH, True):
+            # Buffered by a run that had no handler yet: replaying it must add no command.
+            return
         self.count(report.counts_by_type)
         tried = ", ".join(f"{k} x{n}" for k, n in sorted(report.counts_by_type.items()))
         self.record(
@@ -167,8 +177,8 @@ class WorkflowHealing:
                 error_type=report.error_type,
                 strategy=report.strategy,
                 outcome="healed",
-                detail=f"{report.activity} healed by server retries in {report.heal_s:.1f}s "
-                f"({tried})",
+                detail=f"{report.activity} healed by server retries in "
+                f"{format_delay(report.heal_s)} ({tried})",
             )
         )
         if self.state in ("idle", "healing", "healed"):

@@ -23,10 +23,12 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from healing import metrics
 from healing.errors import DecisionError
 from healing.escalation import apply_patch, build_escalation, format_duration
 from healing.integration import CallHints, encode_hints, read_hints
 from healing.interceptor._journal import Journal, learned_hint
+from healing.interceptor._notice import NOTIFY_PATCH, log_notice, start_notifier
 from healing.interceptor._state import WorkflowHealing
 from healing.learning import pattern_of
 from healing.names import (
@@ -51,6 +53,7 @@ from healing.types import (
 _SKIP = object()
 _STORE_PATCH = "healing-store"
 _LEARN_PATCH = "healing-learning"
+_OUTAGE_RULE_PATCH = "healing-outage-rule"
 _HEALING_RETRIES = RetryPolicy(
     initial_interval=timedelta(seconds=2),
     backoff_coefficient=2.0,
@@ -76,6 +79,11 @@ class _Call:
     alternatives: list[str] = dataclasses.field(default_factory=list)
     report: FailureReport | None = None
     """The latest failure report; an escalation re-opened after a bad edit reuses it."""
+    healing_since: datetime | None = None
+    """When this round's first failure happened: the budget counts from it, not from the
+    schedule (a long first attempt or a queue backlog is not healing time)."""
+    human: bool = False
+    """A person decided (a timeout's default is not one): the call ends ``resolved``."""
 
     @property
     def first_failure(self) -> datetime:
@@ -109,6 +117,8 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         super().__init__(next)
         self.state = state
         self.side = state.side
+        self.notices: set[asyncio.Task[None]] = set()
+        """Running notifier tasks (``_notice``), held so they are not collected."""
 
     def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
         if input.activity.startswith(ACTIVITY_PREFIX):
@@ -150,14 +160,16 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 escalated=bool(call.decisions),
             )
         if call.errors:
-            human = bool(call.decisions)
+            human = call.human
             self._note(call, None, "decision" if human else HealingStrategy.RETRY, "healed")
             self.state.set(final_state(decided_by_human=human))
             heal_s = (workflow.now() - call.first_failure).total_seconds()
-            last = call.attempts[0]
+            first = call.attempts[0]
+            strategy = metrics.heal_strategy([a.strategy for a in call.attempts], human=human)
+            metrics.workflow_healed(strategy, first.error_type, heal_s, human=human)
             call.journal.event(
                 "healed",
-                error_type=last.error_type,
+                error_type=first.error_type,
                 fingerprint=call.fingerprint,
                 strategy=call.journal.last_strategy,
                 outcome="resolved" if human else "healed",
@@ -191,6 +203,8 @@ class HealingOutbound(WorkflowOutboundInterceptor):
 
     async def _recover(self, current: Any, call: _Call, report: FailureReport) -> Any:
         call.report = report
+        if call.healing_since is None:
+            call.healing_since = workflow.now() - timedelta(seconds=report.elapsed_s)
         cls = report.classification
         etype = cls.error_type
         call.connector = call.connector or report.connector
@@ -205,7 +219,8 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         journal.connector, journal.operation = call.connector, call.operation
         self.state.count(report.counts_by_type)
         tried = ", ".join(f"{k} x{n}" for k, n in sorted(report.counts_by_type.items()))
-        detail = f"{report.attempts} call(s) in {report.elapsed_s:.0f}s ({tried}); {report.reason}"
+        spent = format_duration(report.elapsed_s)
+        detail = f"{report.attempts} call(s) in {spent} ({tried}); {report.reason}"
         learning = journal.enabled and self.state.feature(
             _LEARN_PATCH, self.side.config.learning.enabled
         )
@@ -225,6 +240,8 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 adapts=call.adapts,
                 untried_alternatives=tuple(self._untried(call, connector)) if connector else (),
                 has_connector=bool(connector),
+                # Workflows started before the outage rule replay by the old reroute set.
+                legacy=not self.state.feature(_OUTAGE_RULE_PATCH, True),
             )
         )
         if verdict.action == "refresh" and connector:
@@ -238,6 +255,10 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                     "seen_version": report.token_version,
                 },
                 f"refresh credentials for {connector} after {etype.value}",
+            )
+            metrics.workflow_token_refresh(connector, metrics.refresh_outcome(problem))
+            metrics.workflow_attempt(
+                HealingStrategy.REFRESH_TOKEN, "refreshed" if problem is None else "failed", etype
             )
             if problem is None:
                 self._note(call, etype, HealingStrategy.REFRESH_TOKEN, "healed", "token refreshed")
@@ -267,7 +288,16 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 {"connector": connector, "operation": call.operation, "mapping": mapping},
                 f"adapt schema of {connector}.{call.operation} after {etype.value}",
             )
-            if problem is None:
+            metrics.workflow_schema_adapted(
+                connector, call.operation, "ok" if problem is None else "failed"
+            )
+            metrics.workflow_attempt(
+                HealingStrategy.SCHEMA_ADAPT, "adapted" if problem is None else "failed", etype
+            )
+            if problem is not None:
+                reason = f"adapting the schema failed: {problem[0]}"
+                report = report.model_copy(update={"reason": reason})
+            else:
                 detail = ", ".join(f"{k}->{v}" for k, v in sorted(mapping.items()))
                 self._note(call, etype, HealingStrategy.SCHEMA_ADAPT, "healed", detail)
                 journal.event(
@@ -295,6 +325,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 outcome=target,
             )
             self._note(call, etype, HealingStrategy.REROUTE, "failed", f"reroute to {target}")
+            metrics.workflow_attempt(HealingStrategy.REROUTE, "rerouted", etype)
             return _with_hints(
                 current,
                 connector=target,
@@ -302,13 +333,15 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 round=hints.round + 1,
                 budget_s=self._budget(call),
             )
+        if verdict.action == "escalate" and verdict.reason.endswith("did not help"):
+            report = report.model_copy(update={"reason": f"{report.reason}; {verdict.reason}"})
         return await self._escalate(current, call, report)
 
     def _untried(self, call: _Call, connector: str) -> list[str]:
         return [a for a in call.alternatives if a not in call.rerouted and a != connector]
 
     def _budget(self, call: _Call) -> float:
-        spent = (workflow.now() - call.started).total_seconds()
+        spent = (workflow.now() - (call.healing_since or call.started)).total_seconds()
         return max(self.side.config.healing_budget_s - spent, 0.0)
 
     async def _run_healing_activity(
@@ -369,6 +402,12 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         self.state.open[esc.escalation_id] = esc
         self.state.args[esc.escalation_id] = list(current.args)
         self.state.set("awaiting_decision", cls.error_type.value)
+        metrics.workflow_attempt(HealingStrategy.ESCALATE, "escalated", cls.error_type)
+        metrics.workflow_escalation_opened(cls.error_type, call.connector)
+        if self.state.feature(NOTIFY_PATCH, cfg.notify_webhook is not None):
+            start_notifier(esc, cfg, self.notices)  # beside the wait, never in its way
+        else:
+            log_notice(esc, cfg)  # no webhook: a log line, nothing in history
         try:
             await workflow.wait_condition(
                 lambda: esc.escalation_id in self.state.decisions,
@@ -383,9 +422,11 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 option=esc.default_option,
                 escalation_id=esc.escalation_id,
                 decided_by="timeout",
-                note=f"no decision within {esc.timeout_s:.0f}s",
+                note=f"no decision within {format_duration(esc.timeout_s)}",
             )
         except asyncio.CancelledError:
+            metrics.workflow_escalation_closed(cls.error_type, call.connector, "cancelled")
+            self.state.open.pop(esc.escalation_id, None)  # before set(): clears the memo too
             self.state.set("failed", cls.error_type.value)
             raise
         finally:
@@ -396,6 +437,8 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         self, current: Any, call: _Call, esc: Escalation, decision: EscalationDecision
     ) -> Any:
         call.decisions.append(decision.option)
+        call.human = call.human or decision.decided_by != "timeout"
+        metrics.workflow_escalation_closed(esc.error_type, esc.connector, decision.option)
         self._note(
             call,
             esc.error_type,
@@ -417,18 +460,23 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         self.state.set("healing", esc.error_type.value)
         if decision.option == "skip":
             self._note(call, esc.error_type, "decision", "skipped")
-            self.state.set(final_state(decided_by_human=True))
+            self.state.set(final_state(decided_by_human=call.human))
             await call.journal.flush()
             return _SKIP
         # Every other option runs the call again with a fresh budget.
         call.started = workflow.now()
+        call.healing_since = None
         call.refreshes = call.adapts = 0
         hints = _hints(current)
         changes: dict[str, Any] = {"round": hints.round + 1, "budget_s": None}
         if decision.option == "wait":
+            asked = esc.classification.retry_after_s
+            if asked is not None:  # the service's wait counts from the failure, not from now
+                waited = (workflow.now() - esc.opened_at).total_seconds()
+                asked = max(asked - waited, 1.0)
             delay = wait_after_decision(
                 asked_s=decision.wait_s,
-                retry_after_s=esc.classification.retry_after_s,
+                retry_after_s=asked,
                 default_s=self.side.config.default_wait_s,
                 max_s=self.side.config.max_wait_s,
             )

@@ -28,6 +28,7 @@ from healing import HealingConfig, HealingPlugin
 from healing.client import decide
 from healing.devserver import DevServer
 from healing.names import STATUS_QUERY as QUERY
+from healing.policy import TRANSIENT_TYPES
 from healing.testing import (
     ChaosAPI,
     ChaosStats,
@@ -42,7 +43,6 @@ from healing.testing import (
     TruncatedFault,
 )
 from healing.testing.plan import SUCCESS_KINDS
-from healing.policy import TRANSIENT_TYPES
 from healing.types import ErrorType, Escalation, HealingStatus
 from workflows import IntegrationInput, IntegrationWorkflow, Step
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import re
+import sys
 from pathlib import Path
 
 from healing.demo import DemoOptions, fault_plan, percentile, run_demo
@@ -35,7 +38,34 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([float(n) for n in range(1, 101)], 95) == 95.0
 
 
-async def test_demo_heals_transients_and_escalates_permanent_errors(tmp_path: Path) -> None:
+def shell_without_the_virtualenv() -> dict[str, str]:
+    """The environment of a new shell that never activated .venv: its bin is not on PATH."""
+    venv_bin = str(Path(sys.executable).absolute().parent)
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "HEALING_STORE")}
+    env["PATH"] = os.pathsep.join(path or ["/usr/bin", "/bin"])
+    return env
+
+
+async def run_as_printed(command: str) -> tuple[int, str]:
+    """Run one printed command line through a shell, as a user pasting it would."""
+    proc = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        command,
+        cwd=Path.cwd(),  # the demo printed paths relative to where it ran
+        env=shell_without_the_virtualenv(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_demo_heals_transients_token_expiry_and_drift_and_its_next_steps_run(
+    tmp_path: Path,
+) -> None:
     out = io.StringIO()
     opts = DemoOptions(
         count=16, seed=3, state_dir=tmp_path, out=out, port=find_free_port(),
@@ -51,12 +81,42 @@ async def test_demo_heals_transients_and_escalates_permanent_errors(tmp_path: Pa
         assert match, f"no row {label!r} in:\n{text}"
         return match.group(1).strip()
 
+    assert int(row("Workflows (steps: get_contact, some create_contact)")) == 16 + 2
     assert int(row("  escalated, awaiting a decision")) == permanent
     assert row("  failed / still running") == "0 / 0"
     healed, met = row("Transient faults healed without a human").split()[0].split("/")
     assert healed == met and int(met) > 0
     assert int(row("  total")) > 0
     assert row("Calls to permanently failing paths") == f"{permanent} for {permanent}"
-    assert "healing decide demo-" in text
-    assert "query=HealingStatus%3D%22awaiting_decision%22" in text
-    assert (tmp_path / "demo.log").exists()
+    # The two faults retries cannot fix, healed (the store's events prove it).
+    assert row("Expired token (deals.get_deal, 401)") == "healed by a token refresh"
+    assert row("Schema drift (crm.get_checked_contact)") == (
+        "healed by a schema adaptation (email_address->email)"
+    )
+    assert int(row("  schema drift (email renamed email_address)")) >= 1
+    # What was learned: the store's patterns, token refresh and schema adaptation among them.
+    learned = text[text.index("What the store learned") :]
+    for pattern in ("deals.get_deal", "AUTH_EXPIRED 401", "refresh_token 1/1"):
+        assert pattern in learned, learned
+    for pattern in ("crm.get_checked_contact", "SCHEMA_MISMATCH", "schema_adapt 1/1"):
+        assert pattern in learned, learned
+    assert (tmp_path / "healing.db").exists()
+    # One log line per healing step, no tracebacks.
+    log = (tmp_path / "demo.log").read_text()
+    assert "Traceback" not in log and "Completing activity as failed" not in log
+    assert re.search(r"healing crm\.get_contact: \w+.*, retry in \d", log), log[-2000:]
+
+    # Next steps run as printed, from a shell that never activated the virtualenv.
+    steps = [line[4:] for line in text.splitlines() if line.startswith("  $ ")]
+    assert len(steps) == 3, text
+    assert all(".venv/bin/healing " in s or "/bin/healing " in s for s in steps), steps
+    outputs = []
+    for step in steps:
+        code, output = await run_as_printed(step)
+        assert code == 0, f"{step!r} exited {code}:\n{output}"
+        outputs.append(output)
+    patterns, events, token_events = outputs
+    assert "AUTH_EXPIRED" in patterns and "SCHEMA_MISMATCH" in patterns, patterns
+    assert "no healing events" not in events and "healed" in events, events
+    assert "refreshed" in token_events and "deals.get_deal" in token_events, token_events
+    assert "healing demo --keep" in text  # how to decide the escalated ones live

@@ -10,11 +10,11 @@ from healing.learning import (
     RETRY_STRATEGIES,
     StrategyHint,
     hint_for,
-    learned_delay,
 )
 from healing.matrix import DEFAULT_MATRIX, MatrixRow
+from healing.policy import AttemptSituation, next_attempt
 from healing.store.base import PatternStats, StrategyStats
-from healing.types import ErrorPattern, ErrorType, HealingStrategy
+from healing.types import Classification, ErrorPattern, ErrorType, HealingStrategy
 
 TIMEOUT_ROW = DEFAULT_MATRIX[ErrorType.TIMEOUT]  # retry_backoff, 3 attempts
 POLICY = LearningPolicy()
@@ -211,13 +211,34 @@ def hinted(wait_s: float | None, skip: bool = False) -> StrategyHint:
         (hinted(3.2), 1.0, None, 3.2),
         (hinted(3.2), 1.0, 10.0, 10.0),  # the server asked for longer: it wins
         (hinted(30.0), 1.0, 5.0, 5.0),  # and it wins when it asks for less, too
-        (hinted(3.2, skip=True), 1.0, None, 1.0),
+        (hinted(3.2, skip=True), 1.0, None, None),  # hopeless: no retry at all
     ],
 )
-def test_learned_delay(
-    hint_: StrategyHint | None, default: float, retry_after: float | None, expected: float
+def test_the_learned_wait_paces_retries_and_retry_after_wins(
+    hint_: StrategyHint | None, default: float, retry_after: float | None, expected: float | None
 ) -> None:
-    assert learned_delay(hint_, default, retry_after=retry_after) == pytest.approx(expected)
+    row = DEFAULT_MATRIX[ErrorType.SERVICE_DOWN]
+    cls = Classification(
+        error_type=ErrorType.SERVICE_DOWN,
+        transient=row.transient,
+        retryable=row.retryable,
+        strategy=row.strategy,
+        max_attempts=row.max_attempts,
+        retry_after_s=retry_after,
+    )
+    verdict = next_attempt(
+        AttemptSituation(
+            classification=cls,
+            used=1,
+            elapsed_s=0.0,
+            budget_s=120.0,
+            backoff_s=default,
+            probe_interval_s=30.0,
+            max_retry_after_s=120.0,
+            hint=hint_,
+        )
+    )
+    assert verdict.delay_s == (pytest.approx(expected) if expected is not None else None)
 
 
 def test_hint_is_frozen() -> None:

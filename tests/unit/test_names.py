@@ -30,8 +30,12 @@ def spellings(root: Path, contract: Mapping[str, str]) -> dict[str, set[str]]:
         exports = {
             id(n)
             for node in ast.walk(tree)
-            if isinstance(node, ast.Assign)
-            and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+            if isinstance(node, ast.Assign | ast.AnnAssign)
+            and node.value is not None
+            and any(
+                isinstance(t, ast.Name) and t.id == "__all__"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            )
             for n in ast.walk(node.value)
         }  # "GrantRevoked" in __all__ is the exception class, not the error type
         for node in ast.walk(tree):

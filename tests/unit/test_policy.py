@@ -14,6 +14,7 @@ import pytest
 from healing.learning import StrategyHint
 from healing.matrix import DEFAULT_MATRIX
 from healing.policy import (
+    MIN_DELAY_S,
     AttemptSituation,
     StepSituation,
     final_state,
@@ -168,13 +169,37 @@ def test_retry_after_past_the_limit_hands_over_naming_it() -> None:
     s = _situation(E.RATE_LIMITED, {"used": 1})
     s = replace(s, classification=_classification(E.RATE_LIMITED, retry_after_s=99999999.0))
     verdict = next_attempt(s)
-    assert verdict.action == "hand_over" and "99999999s" in verdict.reason
+    assert verdict.action == "hand_over" and "wait 1157d 9h, past the" in verdict.reason
 
 
-def test_rate_limited_waits_recovery_at_its_retry_after() -> None:
-    cls = _classification(E.RATE_LIMITED, retry_after_s=20.0)
-    s = replace(_situation(E.RATE_LIMITED, {"used": "max+1"}), classification=cls)
-    assert (next_attempt(s).action, next_attempt(s).delay_s) == ("wait_recovery", 20.0)
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [(1.0, PROBE), (20.0, PROBE), (45.0, 45.0), (0.0, PROBE)],  # never a probe a second
+)
+def test_recovery_waits_at_the_probe_cadence_or_later_when_asked(
+    retry_after: float, expected: float
+) -> None:
+    cls = _classification(E.RATE_LIMITED, retry_after_s=retry_after)
+    verdict = next_attempt(
+        replace(_situation(E.RATE_LIMITED, {"used": "max+1"}), classification=cls)
+    )
+    assert (verdict.action, verdict.delay_s) == ("wait_recovery", expected)
+
+
+@pytest.mark.parametrize("etype", [E.RATE_LIMITED, E.SERVICE_DOWN, E.CIRCUIT_OPEN])
+def test_a_zero_retry_after_still_sets_a_server_side_delay(etype: ErrorType) -> None:
+    # timedelta(0) as next_retry_delay would hand the pace back to the RetryPolicy.
+    cls = _classification(etype, retry_after_s=0.0)
+    verdict = next_attempt(replace(_situation(etype, {"used": 1}), classification=cls))
+    assert verdict.delay_s is not None and verdict.delay_s >= MIN_DELAY_S
+
+
+def test_an_open_circuit_longer_than_max_retry_after_waits_not_hands_over() -> None:
+    cls = _classification(E.CIRCUIT_OPEN, retry_after_s=200.0)
+    s = replace(_situation(E.CIRCUIT_OPEN, {"used": 1}), classification=cls, circuit_wait_s=None)
+    s = replace(s, max_retry_after_s=120.0, budget_s=600.0)
+    verdict = next_attempt(s)
+    assert verdict.action == "wait_recovery" and "service asks" not in verdict.reason
 
 
 def test_quota_escalate_now_hands_over_even_with_retries_left() -> None:
@@ -195,7 +220,7 @@ def test_recovery_waits_stay_inside_the_budget() -> None:
         elapsed += PROBE
         probes += 1
     assert probes == 3 and elapsed <= BUDGET
-    assert "healing budget of 120s" in verdict.reason
+    assert "healing budget of 2m" in verdict.reason
 
 
 # --- workflow side --------------------------------------------------------------------------
@@ -219,7 +244,17 @@ STEP_CASES: list[tuple[str, ErrorType, dict[str, Any], str, str | None]] = [
     ("400, alternative", E.BAD_REQUEST, {"alts": ("b",)}, "escalate", None),
     ("too large, alternative", E.RESPONSE_TOO_LARGE, {"alts": ("b",)}, "escalate", None),
     ("invalid auth", E.AUTH_INVALID, {"alts": ("b",)}, "escalate", None),
-]
+    ("circuit, none", E.CIRCUIT_OPEN, {}, "escalate", None),
+    ("expired, alternative", E.AUTH_EXPIRED, {"alts": ("b",)}, "refresh", None),
+    ("down, quota-like", E.SERVICE_DOWN, {"alts": ("b",), "now": True}, "escalate", None),
+    ("schema, no connector", E.SCHEMA_MISMATCH, {"mapping": True, "has_connector": False},
+     "escalate", None),
+    # Started before the outage rule: replays reroute only what they rerouted then.
+    ("legacy timeout", E.TIMEOUT, {"alts": ("b",), "legacy": True}, "escalate", None),
+    ("legacy down", E.SERVICE_DOWN, {"alts": ("b",), "legacy": True}, "reroute", "b"),
+    ("legacy quota down", E.SERVICE_DOWN, {"alts": ("b",), "now": True, "legacy": True},
+     "reroute", "b"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -241,9 +276,11 @@ def test_next_step_table(
             adapts=given.get("adapts", 0),
             untried_alternatives=given.get("alts", ()),
             has_connector=given.get("has_connector", True),
+            legacy=given.get("legacy", False),
         )
     )
     assert (verdict.action, verdict.target) == (action, target)
+    assert verdict.reason
 
 
 @pytest.mark.parametrize(
