@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from healing.escalation import format_delay, format_duration
 from healing.names import REPORT_KEY
+from healing.notify import workflow_link
 from healing.types import Escalation
 
 __all__ = [
@@ -31,18 +32,11 @@ __all__ = [
     "pause_line",
     "step_line",
     "uninstall",
-    "workflow_url",
 ]
 
 ACTIVITY_LOGGER = "temporalio.activity"
 DEFAULT_WEB_UI_URL = "http://localhost:8233"
 """The dev server's Web UI (``healing dev``); ``HealingConfig.web_ui_url`` overrides it."""
-
-
-def workflow_url(web_ui_url: str | None, namespace: str, workflow_id: str) -> str:
-    """The workflow's page in the Temporal Web UI."""
-    base = (web_ui_url or DEFAULT_WEB_UI_URL).rstrip("/")
-    return f"{base}/namespaces/{namespace}/workflows/{workflow_id}"
 
 
 def _report(err: BaseException) -> Mapping[str, Any] | None:
@@ -133,5 +127,5 @@ def pause_line(esc: Escalation, *, namespace: str, web_ui_url: str | None = None
     return (
         f"healing paused workflow {esc.workflow_id}: {target} {error} needs a decision "
         f"({options}; {esc.default_option} in {format_duration(esc.timeout_s)}): "
-        f"{workflow_url(web_ui_url, namespace, esc.workflow_id)}"
+        f"{workflow_link(web_ui_url or DEFAULT_WEB_UI_URL, namespace, esc.workflow_id)}"
     )

@@ -177,8 +177,8 @@ class ActivityInbound(ActivityInboundInterceptor):
         cls = self.root.classify(failure)
         if cls.error_type in _BREAKER_TYPES:
             self.root.note_outage(breaker.connector, cls)
-        if counts_for_breaker and cls.error_type in _BREAKER_TYPES:
-            _log_transition(breaker.record_failure(self.root.clock()))
+            if counts_for_breaker:  # always so while half-open
+                _log_transition(breaker.record_failure(self.root.clock()))
         elif breaker.state == "half_open" and cls.status_code is not None:
             # A probe answered with a 4xx: the service is up, whatever it thinks of the call.
             _log_transition(breaker.record_success(self.root.clock()))

@@ -126,14 +126,14 @@ class WorkflowHealing:
         posts instead, so the worker log hears of the pause from here.
         """
         config = self.side.config
-        if getattr(config, "notify_webhook", None) is None:
+        if config.notify_webhook is None:
             return
         for esc in self.open.values():
             if esc.escalation_id in self.announced:
                 continue
             self.announced.add(esc.escalation_id)
-            web_ui = getattr(config, "web_ui_url", None)
-            self.log.info(pause_line(esc, namespace=workflow.info().namespace, web_ui_url=web_ui))
+            namespace = workflow.info().namespace
+            self.log.info(pause_line(esc, namespace=namespace, web_ui_url=config.web_ui_url))
 
     def reject(self, problem: str, sent_by: str | None) -> None:
         """Record a refused decision signal and show it in Current Details."""
