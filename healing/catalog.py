@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from healing.credentials import AuthMethod
 from healing.errors import ConfigError
 from healing.redact import is_secret_header
 
@@ -64,7 +65,7 @@ class AuthSpec(_Spec):
     scheme: str | None = None
     """Prefix of an API key header value, e.g. ``Bearer`` or ``Token``; None sends the key bare."""
     scope: str | None = None
-    auth_method: Literal["client_secret_post", "client_secret_basic"] = "client_secret_post"
+    auth_method: AuthMethod = "client_secret_post"
     """How the client authenticates at the token endpoint (RFC 6749 section 2.3.1)."""
 
     @model_validator(mode="after")

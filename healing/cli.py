@@ -191,8 +191,7 @@ def _print_escalation(esc: Escalation, workflow_id: str, console: Console, now: 
         options.add_row(Text("    " + opt.option), Text(opt.effect))
     console.print(Text("  options:"))
     console.print(options)
-    timeout_at = esc.opened_at.timestamp() + esc.timeout_s
-    due = datetime.fromtimestamp(timeout_at, UTC)
+    due = esc.timeout_at
     console.print(
         Text(f"  without a decision by {_stamp(due)} ({_until(due, now)}): {esc.default_option}")
     )
@@ -537,7 +536,7 @@ async def _credentials_set(args: argparse.Namespace, store: FileCredentialStore)
 
 
 async def cmd_patterns(args: argparse.Namespace) -> int:
-    from healing.learning import wilson_interval
+    from healing.stats import wilson_lower
 
     config = runner.load_config()
     store = await connect_store(config.store)
@@ -568,12 +567,12 @@ async def cmd_patterns(args: argparse.Namespace) -> int:
         pat = stats.pattern
         best = max(
             stats.strategies,
-            key=lambda st: wilson_interval(st.successes, st.tries, 2 * level - 1)[0],
+            key=lambda st: wilson_lower(st.successes, st.tries, level),
             default=None,
         )
         text = "-"
         if best is not None:
-            low = wilson_interval(best.successes, best.tries, 2 * level - 1)[0]
+            low = wilson_lower(best.successes, best.tries, level)
             median = f"{best.median_heal_s:.1f}s" if best.median_heal_s is not None else "-"
             text = f"{best.strategy} {best.successes}/{best.tries} ({low:.0%}, {median})"
         status = f" {pat.status_code}" if pat.status_code else ""

@@ -75,6 +75,10 @@ class Credential(BaseModel):
         return min(at_most_s, max(self.expires_at - self.issued_at, 0.0) * fraction)
 
 
+AuthMethod = Literal["client_secret_post", "client_secret_basic"]
+"""How a client authenticates at the token endpoint (RFC 6749 section 2.3.1)."""
+
+
 class OAuthClient(BaseModel):
     """How to refresh one connector's tokens at its OAuth 2 token endpoint.
 
@@ -90,7 +94,7 @@ class OAuthClient(BaseModel):
     client_secret: SecretStr | None = None
     grant: Literal["refresh_token", "client_credentials"] = "refresh_token"
     scope: str | None = None
-    auth_method: Literal["client_secret_post", "client_secret_basic"] = "client_secret_post"
+    auth_method: AuthMethod = "client_secret_post"
     timeout_s: float = 10.0
 
 

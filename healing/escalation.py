@@ -219,7 +219,7 @@ def brief(escalations: Sequence[Escalation]) -> EscalationBrief:
         connector=esc.connector,
         operation=esc.operation,
         opened_at=esc.opened_at,
-        timeout_at=esc.opened_at + timedelta(seconds=esc.timeout_s),
+        timeout_at=esc.timeout_at,
         options=[o.option for o in esc.options],
         default_option=esc.default_option,
         explanation=esc.explanation.splitlines()[0] if esc.explanation else "",

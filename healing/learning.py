@@ -37,7 +37,6 @@ from healing.classify import message_template
 from healing.config import BackoffPolicy, LearningPolicy
 from healing.matrix import MatrixRow
 from healing.stats import wilson_bounds
-from healing.stats import wilson_interval as wilson_interval  # re-exported for healing.cli
 from healing.store.base import PatternStats, StrategyStats
 from healing.types import Classification, ErrorPattern, HealingStrategy
 

@@ -44,13 +44,14 @@ import logging
 import shlex
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from healing.backoff import parse_retry_after
 from healing.types import Escalation, EscalationOption
 
 __all__ = [
@@ -178,7 +179,7 @@ def notification_for(
         options=list(esc.options),
         default_option=esc.default_option,
         opened_at=esc.opened_at,
-        timeout_at=esc.opened_at + timedelta(seconds=esc.timeout_s),
+        timeout_at=esc.timeout_at,
         link=workflow_link(web_ui_url, namespace, esc.workflow_id),
         decide_command=decide_command(esc.workflow_id),
     )
@@ -346,10 +347,9 @@ def describe_target(url: str) -> str:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after", "").strip()
-    if raw.isdigit():
-        return min(float(raw), _RETRY_AFTER_MAX_S)
-    return None
+    return parse_retry_after(
+        response.headers.get("retry-after"), now=datetime.now(UTC), cap_s=_RETRY_AFTER_MAX_S
+    )
 
 
 def payload(n: Notification, fmt: NotifyFormat) -> dict[str, Any]:

@@ -174,8 +174,8 @@ def _ietf(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | None:
         window = _window(policies) or _window(_items(headers.get("ratelimit-limit", "")))
         return RateLimitInfo(limit, remaining, reset, window, "ietf")
     if policies:  # a lone RateLimit-Policy: the quota to pace by, nothing about now
-        rated = [(p, _float(p.get("q")), _float(p.get("w"))) for _, p in policies]
-        known = [(q, w) for _, q, w in rated if q is not None and w]
+        rated = [(_float(p.get("q")), _float(p.get("w"))) for _, p in policies]
+        known = [(q, w) for q, w in rated if q is not None and w]
         if known:
             q, w = min(known, key=lambda qw: qw[0] / qw[1])
             return RateLimitInfo(int(q), None, None, w, "ietf")

@@ -20,7 +20,6 @@ from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
-from healing import logs
 from healing.catalog import ConnectorCatalog, load_catalog
 from healing.config import HealingConfig
 from healing.credentials import FileCredentialStore, OAuthClient
@@ -185,7 +184,6 @@ def build_worker(
     from activities import IntegrationActivities  # lazily: healing/ must not need them
     from workflows import IntegrationWorkflow
 
-    logs.install()  # one line per healing step instead of a traceback (idempotent)
     acts = IntegrationActivities(catalog, tokens=tokens, transport=transport)
     worker = Worker(
         client,

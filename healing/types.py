@@ -6,7 +6,7 @@ unchanged and can be validated at the boundary (signals, updates, config).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -151,6 +151,11 @@ class Escalation(_Frozen):
     timeout_s: float
     default_option: DecisionOptionName
     alternatives: list[str] = Field(default_factory=list)
+
+    @property
+    def timeout_at(self) -> datetime:
+        """When ``default_option`` applies without a decision."""
+        return self.opened_at + timedelta(seconds=self.timeout_s)
 
 
 class EscalationBrief(_Frozen):

@@ -82,15 +82,12 @@ class IntegrationWorkflow:
         return {"steps": results}
 
     async def _step(self, index: int, step: Step, input: IntegrationInput) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "connector": step.connector,
-            "operation": step.operation,
-            "params": step.params,
-            "body": step.body,
-        }
-        if "connection" in CallRequest.model_fields:  # until every CallRequest carries it
-            fields["connection"] = step.connection
-        request = CallRequest(**fields)
+        request = CallRequest(
+            connector=step.connector,
+            operation=step.operation,
+            params=step.params,
+            body=step.body,
+        )
         # A fixed activity id per step: healing restarts (reroute, refresh, edit) reuse it, so
         # the Idempotency-Key derived from it stays the same for the whole logical call.
         result: dict[str, Any] | None = await workflow.execute_activity(

@@ -115,8 +115,8 @@ class SelfHealingInterceptor(Interceptor):
         return not missing
 
     def note_outage(self, connector: str, cls: Classification) -> None:
-        now = self.wall_clock().isoformat(timespec="seconds")
-        since = self.outages.get(connector, (now,))[0]
+        known = self.outages.get(connector)
+        since = known[0] if known else self.wall_clock().isoformat(timespec="seconds")
         self.outages[connector] = (since, cls)
 
     def classify(self, failure: Failure) -> Classification:

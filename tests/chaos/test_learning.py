@@ -34,8 +34,9 @@ from healing import BackoffPolicy, BreakerPolicy, HealingConfig, HealingPlugin, 
 from healing.client import decide
 from healing.config import LearningPolicy
 from healing.devserver import DevServer
-from healing.learning import pattern_of, wilson_interval
+from healing.learning import pattern_of
 from healing.names import STATUS_QUERY as QUERY
+from healing.stats import wilson_interval
 from healing.store import Store, connect_store
 from healing.testing import ChaosAPI, ChaosThread, FaultPlan, FaultRule, ResetFault, StatusFault
 from healing.types import Classification, ErrorType, HealingEvent, HealingStatus
