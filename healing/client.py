@@ -486,16 +486,19 @@ async def decide(
     )
     # The server answers NOT_FOUND for a closed workflow too; say which it is.
     await _ensure_running(client, workflow_id)
-    return await _send(client, workflow_id, decision, via, timeout_s)
+    return await send_decision(client, workflow_id, decision, via, timeout_s)
 
 
-async def _send(
+async def send_decision(
     client: Client,
     workflow_id: str,
     decision: EscalationDecision,
     via: Literal["update", "signal"],
     timeout_s: float | None,
 ) -> dict[str, Any]:
+    """Send a checked decision: the update (bounded by ``timeout_s``, resent once when the
+    server aborts it as not ready) or the signal. DecisionError when the workflow refuses it,
+    DecisionUnconfirmed when no worker answered in time, WorkflowClosed when it closed."""
     body = decision.model_dump(mode="json", exclude_none=True)
     handle = client.get_workflow_handle(workflow_id)
     rpc_timeout = timedelta(seconds=timeout_s) if timeout_s else None
@@ -614,13 +617,11 @@ async def decide_checked(
         note=note,
         decided_by=decided_by or default_decider(),
     )
-    desc = await client.get_workflow_handle(workflow_id).describe()
-    if desc.status not in (None, WorkflowExecutionStatus.RUNNING):
-        raise WorkflowClosed(workflow_id, desc.status.name)
+    desc = await _ensure_running(client, workflow_id)
     if worker is None or worker.task_queue != desc.task_queue:
         worker, _, _ = await check_worker(client, desc.task_queue, workflow_id, probe_s=probe_s)
     if worker.polling and not signal:
-        result = await _send(client, workflow_id, decision, "update", timeout_s)
+        result = await send_decision(client, workflow_id, decision, "update", timeout_s)
         return DecisionOutcome(workflow_id, option, "update", True, worker, result)
     if not worker.polling and not (queue or signal):
         raise NoWorker(
@@ -631,7 +632,7 @@ async def decide_checked(
         )
     memo, problem = await _memo_brief(desc)
     decision = _check_against_memo(workflow_id, decision, memo, problem)
-    result = await _send(client, workflow_id, decision, "signal", timeout_s)
+    result = await send_decision(client, workflow_id, decision, "signal", timeout_s)
     return DecisionOutcome(workflow_id, option, "signal", False, worker, result)
 
 
@@ -656,12 +657,13 @@ def _check_against_memo(
     return decision
 
 
-async def _ensure_running(client: Client, workflow_id: str) -> None:
-    """Raise WorkflowClosed unless the workflow's latest run is running (RPCError NOT_FOUND
-    when there is no such workflow)."""
+async def _ensure_running(client: Client, workflow_id: str) -> WorkflowExecutionDescription:
+    """The workflow's description; WorkflowClosed unless its latest run is running (RPCError
+    NOT_FOUND when there is no such workflow)."""
     desc = await client.get_workflow_handle(workflow_id).describe()
     if desc.status not in (None, WorkflowExecutionStatus.RUNNING):
         raise WorkflowClosed(workflow_id, desc.status.name)
+    return desc
 
 
 __all__: Sequence[str] = (
@@ -681,5 +683,6 @@ __all__: Sequence[str] = (
     "default_decider",
     "healing_status",
     "list_escalations",
+    "send_decision",
     "task_queue_pollers",
 )

@@ -70,14 +70,13 @@ from temporalio.client import (
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowHandle,
-    WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
-from healing.errors import HealingError, validation_problems
-from healing.names import DECISION_UPDATE, ERROR_TYPE_ATTRIBUTE, MEMO_KEY, STATUS_ATTRIBUTE
+from healing.client import DecisionUnconfirmed, send_decision
+from healing.errors import DecisionError, HealingError, WorkflowClosed, validation_problems
+from healing.names import ERROR_TYPE_ATTRIBUTE, MEMO_KEY, STATUS_ATTRIBUTE
 from healing.names import STATUS_QUERY as QUERY
 from healing.types import EscalationBrief, EscalationDecision, HealingStatus
 
@@ -349,20 +348,17 @@ class HealingApi:
             )
         timeout = self.options.update_timeout_s
         try:
-            result = await handle.execute_update(
-                DECISION_UPDATE,
-                decision.model_dump(mode="json", exclude_none=True),
-                rpc_timeout=timedelta(seconds=timeout),
-            )
-        except WorkflowUpdateFailedError as exc:
-            cause = exc.cause
-            return _error(400, getattr(cause, "message", None) or str(cause))
-        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            result = await send_decision(self.client, workflow_id, decision, "update", timeout)
+        except WorkflowClosed as exc:
+            return _error(409, str(exc))
+        except DecisionUnconfirmed:
             return _error(
                 504,
                 f"no worker accepted the decision within {timeout:g}s; the server may still "
                 "deliver it when a worker picks the workflow up (see its status)",
             )
+        except DecisionError as exc:  # the workflow's validator refused it
+            return _error(400, str(exc))
         logger.info("decision %s for %s by %s", decision.option, workflow_id, decision.decided_by)
         return JSONResponse(
             {
