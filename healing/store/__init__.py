@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from healing.errors import ConfigError, StoreError
-from healing.store.base import EventFilter, PatternStats, Store, StrategyStats
+from healing.store.base import (
+    ANY_VERSION,
+    EventFilter,
+    PatternStats,
+    StateEntry,
+    Store,
+    StrategyStats,
+)
 from healing.store.sqlite import SQLiteStore
 from healing.store.url import DEFAULT_STORE_URL, STORE_ENV, StoreURL, mask_url, parse_store_url
 
@@ -25,12 +32,14 @@ if TYPE_CHECKING:
     from healing.store.supabase import SupabaseStore
 
 __all__ = [
+    "ANY_VERSION",
     "DEFAULT_STORE_URL",
     "STORE_ENV",
     "EventFilter",
     "PatternStats",
     "PostgresStore",
     "SQLiteStore",
+    "StateEntry",
     "Store",
     "StoreURL",
     "StrategyStats",

@@ -8,9 +8,9 @@ no update.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +54,25 @@ class EventFilter(BaseModel):
     since: datetime | None = None
 
 
+ANY_VERSION: Final = -1
+"""``state_put(..., expected_version=ANY_VERSION)`` writes whatever is stored."""
+
+
+class StateEntry(BaseModel):
+    """One versioned JSON document of fleet state (DESIGN s5b)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    space: str
+    """What kind of state: ``credentials``, ``breaker``, ``mappings``, ``drift``, ..."""
+    key: str
+    version: int = Field(ge=1)
+    """1 when first written, +1 per write; the compare-and-swap guard."""
+    value: dict[str, Any]
+    updated_at: float
+    """Epoch seconds given by the writer."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """Persistence for the event log and learned error patterns."""
@@ -84,3 +103,51 @@ class Store(Protocol):
 
     async def patterns(self, *, limit: int = 100) -> list[PatternStats]:
         """Most seen first."""
+
+    # -- fleet state (DESIGN s5b): the four shapes every shared decision is built from ----------
+
+    async def state_get(self, space: str, key: str) -> StateEntry | None: ...
+
+    async def state_list(self, space: str, *, limit: int = 1000) -> list[StateEntry]:
+        """The documents of ``space``, by key."""
+
+    async def state_put(
+        self,
+        space: str,
+        key: str,
+        value: Mapping[str, Any],
+        *,
+        expected_version: int | None,
+        now: float,
+    ) -> int | None:
+        """Compare-and-swap: write ``value`` if the stored version is ``expected_version``
+        (None: only if nothing is stored; ``ANY_VERSION``: unconditionally).
+
+        Returns the new version, or None when the stored version differed (nothing written).
+        """
+
+    async def state_delete(
+        self, space: str, key: str, *, expected_version: int | None = None
+    ) -> bool:
+        """Delete a document (only at ``expected_version`` unless None); True if one went."""
+
+    async def lease_take(self, name: str, holder: str, *, ttl_s: float, now: float) -> bool:
+        """Hold ``name`` until ``now + ttl_s`` if it is free, expired, or ``holder``'s already
+        (then it is extended). A holder that dies loses it when the ttl runs out."""
+
+    async def lease_drop(self, name: str, holder: str) -> bool:
+        """Release ``name`` if ``holder`` holds it; True if it did."""
+
+    async def counter_add(self, key: str, bucket: int, n: int = 1, *, keep_from: int) -> int:
+        """Add ``n`` to ``bucket`` of ``key``, forget its buckets before ``keep_from``, and
+        return the key's total from ``keep_from`` on (a sliding window, atomically)."""
+
+    async def counter_sums(self, keys: Sequence[str], *, since_bucket: int) -> dict[str, int]:
+        """Totals of ``keys`` from ``since_bucket`` on (0 for a key never counted)."""
+
+    async def slot_take(
+        self, key: str, *, spacing_s: float, now: float, not_before: float | None = None
+    ) -> float:
+        """Reserve the next start time for ``key``: at or after ``now`` and ``not_before``, and
+        ``spacing_s`` after the previous reservation. Distinct callers get distinct starts.
+        ``spacing_s=0`` with ``not_before`` only pushes later reservations past it."""

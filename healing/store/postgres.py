@@ -13,7 +13,7 @@ attempt that gave up after ``reconnect_timeout`` is started afresh by the next c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from healing.errors import ConfigError, StoreError, StoreUnavailable
 from healing.store import _rows
-from healing.store.base import EventFilter, PatternStats
+from healing.store.base import EventFilter, PatternStats, StateEntry
 from healing.store.migrate import PG_LOCK_KEY, VERSION_TABLE, load_migrations, pending
 from healing.store.url import mask_url, scrub
 from healing.types import ErrorPattern, HealingEvent
@@ -55,6 +55,7 @@ _OUTCOME_SELECT = (
     f"select {', '.join(_rows.OUTCOME_COLUMNS)} from healing_pattern_outcomes "
     "where fingerprint = any(%s)"
 )
+_STATE_SELECT = "select space, key, version, value, updated_at from healing_state"
 _HEALED = f"""
 select fingerprint, strategy, duration_s from (
     select fingerprint, strategy, duration_s, at, id, row_number() over (
@@ -226,3 +227,74 @@ class PostgresStore:
             cur = await conn.execute(_HEALED, (keys,))
             healed = await cur.fetchall()
         return _rows.pattern_stats(found, outcomes, healed)
+
+    # -- fleet state: the schema's functions, the same ones Supabase calls over REST ---------
+
+    async def _scalar(self, sql: str, args: tuple[Any, ...]) -> Any:
+        async with self._connection() as conn:
+            cur = await conn.execute(sql, args)
+            row = await cur.fetchone()
+        return None if row is None else next(iter(row.values()))
+
+    async def state_get(self, space: str, key: str) -> StateEntry | None:
+        async with self._connection() as conn:
+            cur = await conn.execute(f"{_STATE_SELECT} where space = %s and key = %s", (space, key))
+            row = await cur.fetchone()
+        return None if row is None else StateEntry.model_validate(row)
+
+    async def state_list(self, space: str, *, limit: int = 1000) -> list[StateEntry]:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                f"{_STATE_SELECT} where space = %s order by key limit %s", (space, limit)
+            )
+            return [StateEntry.model_validate(row) for row in await cur.fetchall()]
+
+    async def state_put(
+        self,
+        space: str,
+        key: str,
+        value: Mapping[str, Any],
+        *,
+        expected_version: int | None,
+        now: float,
+    ) -> int | None:
+        version = await self._scalar(
+            "select healing_state_put(%s, %s, %s, %s, %s)",
+            (space, key, Jsonb(dict(value)), expected_version, now),
+        )
+        return None if version is None else int(version)
+
+    async def state_delete(
+        self, space: str, key: str, *, expected_version: int | None = None
+    ) -> bool:
+        sql = "select healing_state_delete(%s, %s, %s)"
+        return bool(await self._scalar(sql, (space, key, expected_version)))
+
+    async def lease_take(self, name: str, holder: str, *, ttl_s: float, now: float) -> bool:
+        sql = "select healing_lease_take(%s, %s, %s, %s)"
+        return bool(await self._scalar(sql, (name, holder, ttl_s, now)))
+
+    async def lease_drop(self, name: str, holder: str) -> bool:
+        return bool(await self._scalar("select healing_lease_drop(%s, %s)", (name, holder)))
+
+    async def counter_add(self, key: str, bucket: int, n: int = 1, *, keep_from: int) -> int:
+        sql = "select healing_counter_add(%s, %s, %s, %s)"
+        return int(await self._scalar(sql, (key, bucket, n, keep_from)) or 0)
+
+    async def counter_sums(self, keys: Sequence[str], *, since_bucket: int) -> dict[str, int]:
+        totals = dict.fromkeys(keys, 0)
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "select key, sum(n)::bigint as n from healing_counters "
+                "where key = any(%s) and bucket >= %s group by key",
+                (list(keys), since_bucket),
+            )
+            for row in await cur.fetchall():
+                totals[row["key"]] = int(row["n"])
+        return totals
+
+    async def slot_take(
+        self, key: str, *, spacing_s: float, now: float, not_before: float | None = None
+    ) -> float:
+        sql = "select healing_slot_take(%s, %s, %s, %s)"
+        return float(await self._scalar(sql, (key, spacing_s, now, not_before)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from healing.errors import StoreError, StoreUnavailable
 from healing.store import _rows
-from healing.store.base import EventFilter, PatternStats
+from healing.store.base import ANY_VERSION, EventFilter, PatternStats, StateEntry
 from healing.store.migrate import VERSION_TABLE, load_migrations, pending, sqlite_statements
 from healing.types import ErrorPattern, HealingEvent
 
@@ -58,6 +58,7 @@ select fingerprint, strategy, duration_s from (
       and fingerprint in (select value from json_each(?))
 ) where n <= {_rows.MEDIAN_WINDOW} order by at desc, id desc
 """
+_STATE_SELECT = "select space, key, version, value, updated_at from healing_state"
 _PATTERN_SELECT = f"select {', '.join(_rows.PATTERN_COLUMNS)} from healing_patterns"
 _OUTCOME_SELECT = (
     f"select {', '.join(_rows.OUTCOME_COLUMNS)} from healing_pattern_outcomes "
@@ -241,3 +242,141 @@ class SQLiteStore:
             return self._read(conn, body)
 
         return await self._run(run)
+
+    # -- fleet state: the logic of 0002_fleet.sql's functions, each in one write transaction --
+
+    async def _write_fn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(lambda conn: self._write(conn, lambda: fn(conn)))
+
+    @staticmethod
+    def _entry(row: sqlite3.Row) -> StateEntry:
+        values = dict(row)
+        values["value"] = json.loads(values["value"])
+        return StateEntry.model_validate(values)
+
+    async def state_get(self, space: str, key: str) -> StateEntry | None:
+        def run(conn: sqlite3.Connection) -> StateEntry | None:
+            sql = f"{_STATE_SELECT} where space = ? and key = ?"
+            row = conn.execute(sql, (space, key)).fetchone()
+            return None if row is None else self._entry(row)
+
+        return await self._run(run)
+
+    async def state_list(self, space: str, *, limit: int = 1000) -> list[StateEntry]:
+        def run(conn: sqlite3.Connection) -> list[StateEntry]:
+            sql = f"{_STATE_SELECT} where space = ? order by key limit ?"
+            return [self._entry(row) for row in conn.execute(sql, (space, limit))]
+
+        return await self._run(run)
+
+    async def state_put(
+        self,
+        space: str,
+        key: str,
+        value: Mapping[str, Any],
+        *,
+        expected_version: int | None,
+        now: float,
+    ) -> int | None:
+        text = json.dumps(dict(value), separators=(",", ":"))
+
+        def run(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "select version from healing_state where space = ? and key = ?", (space, key)
+            ).fetchone()
+            current = None if row is None else int(row[0])
+            if expected_version != ANY_VERSION and current != expected_version:
+                return None
+            version = 1 if current is None else current + 1
+            conn.execute(
+                "insert into healing_state (space, key, version, value, updated_at) "
+                "values (?, ?, ?, ?, ?) on conflict (space, key) do update set "
+                "version = excluded.version, value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (space, key, version, text, now),
+            )
+            return version
+
+        return await self._write_fn(run)
+
+    async def state_delete(
+        self, space: str, key: str, *, expected_version: int | None = None
+    ) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "delete from healing_state where space = ? and key = ? "
+                "and (? is null or version = ?)",
+                (space, key, expected_version, expected_version),
+            )
+            return cur.rowcount > 0
+
+        return await self._write_fn(run)
+
+    async def lease_take(self, name: str, holder: str, *, ttl_s: float, now: float) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "insert into healing_leases as l (name, holder, expires_at) values (?, ?, ?) "
+                "on conflict (name) do update set holder = excluded.holder, "
+                "expires_at = excluded.expires_at "
+                "where l.expires_at <= ? or l.holder = excluded.holder",
+                (name, holder, now + ttl_s, now),
+            )
+            return cur.rowcount > 0
+
+        return await self._write_fn(run)
+
+    async def lease_drop(self, name: str, holder: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            sql = "delete from healing_leases where name = ? and holder = ?"
+            return conn.execute(sql, (name, holder)).rowcount > 0
+
+        return await self._write_fn(run)
+
+    async def counter_add(self, key: str, bucket: int, n: int = 1, *, keep_from: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "delete from healing_counters where key = ? and bucket < ?", (key, keep_from)
+            )
+            conn.execute(
+                "insert into healing_counters as c (key, bucket, n) values (?, ?, ?) "
+                "on conflict (key, bucket) do update set n = c.n + excluded.n",
+                (key, bucket, n),
+            )
+            row = conn.execute(
+                "select coalesce(sum(n), 0) from healing_counters where key = ? and bucket >= ?",
+                (key, keep_from),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._write_fn(run)
+
+    async def counter_sums(self, keys: Sequence[str], *, since_bucket: int) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            totals = dict.fromkeys(keys, 0)
+            rows = conn.execute(
+                "select key, sum(n) from healing_counters where bucket >= ? "
+                "and key in (select value from json_each(?)) group by key",
+                (since_bucket, json.dumps(list(keys))),
+            )
+            for key, n in rows:
+                totals[key] = int(n)
+            return totals
+
+        return await self._run(run)
+
+    async def slot_take(
+        self, key: str, *, spacing_s: float, now: float, not_before: float | None = None
+    ) -> float:
+        floor = now if not_before is None else max(now, not_before)
+
+        def run(conn: sqlite3.Connection) -> float:
+            row = conn.execute("select tat from healing_slots where key = ?", (key,)).fetchone()
+            start = floor if row is None else max(float(row[0]), floor)
+            conn.execute(
+                "insert into healing_slots (key, tat) values (?, ?) "
+                "on conflict (key) do update set tat = excluded.tat",
+                (key, start + spacing_s),
+            )
+            return start
+
+        return await self._write_fn(run)

@@ -12,7 +12,7 @@ Install with ``pip install 'temporal-healing[supabase]'``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ import httpx
 
 from healing.errors import ConfigError, StoreError, StoreUnavailable
 from healing.store import _rows
-from healing.store.base import EventFilter, PatternStats
+from healing.store.base import EventFilter, PatternStats, StateEntry
 from healing.store.migrate import VERSION_TABLE, load_migrations
 from healing.store.url import mask_url
 from healing.types import ErrorPattern, HealingEvent
@@ -185,3 +185,75 @@ class SupabaseStore:
             .limit(min(_MAX_ROWS, _rows.MEDIAN_WINDOW * max(1, len(outcomes))))
         )
         return _rows.pattern_stats(found, outcomes, healed)
+
+    # -- fleet state: writes through the schema's functions, reads as filtered GETs ----------
+
+    def _state(self) -> Any:
+        return self._client.table("healing_state").select(
+            "space", "key", "version", "value", "updated_at"
+        )
+
+    async def state_get(self, space: str, key: str) -> StateEntry | None:
+        rows = await self._execute(self._state().eq("space", space).eq("key", key).limit(1))
+        return StateEntry.model_validate(rows[0]) if rows else None
+
+    async def state_list(self, space: str, *, limit: int = 1000) -> list[StateEntry]:
+        query = self._state().eq("space", space).order("key").limit(min(limit, _MAX_ROWS))
+        return [StateEntry.model_validate(row) for row in await self._execute(query)]
+
+    async def state_put(
+        self,
+        space: str,
+        key: str,
+        value: Mapping[str, Any],
+        *,
+        expected_version: int | None,
+        now: float,
+    ) -> int | None:
+        args = {
+            "p_space": space,
+            "p_key": key,
+            "p_value": dict(value),
+            "p_expected": expected_version,
+            "p_now": now,
+        }
+        version = await self._execute(self._rpc("healing_state_put", args))
+        return None if version is None else int(version)
+
+    async def state_delete(
+        self, space: str, key: str, *, expected_version: int | None = None
+    ) -> bool:
+        args = {"p_space": space, "p_key": key, "p_expected": expected_version}
+        return bool(await self._execute(self._rpc("healing_state_delete", args)))
+
+    async def lease_take(self, name: str, holder: str, *, ttl_s: float, now: float) -> bool:
+        args = {"p_name": name, "p_holder": holder, "p_ttl_s": ttl_s, "p_now": now}
+        return bool(await self._execute(self._rpc("healing_lease_take", args)))
+
+    async def lease_drop(self, name: str, holder: str) -> bool:
+        args = {"p_name": name, "p_holder": holder}
+        return bool(await self._execute(self._rpc("healing_lease_drop", args)))
+
+    async def counter_add(self, key: str, bucket: int, n: int = 1, *, keep_from: int) -> int:
+        args = {"p_key": key, "p_bucket": bucket, "p_n": n, "p_keep_from": keep_from}
+        return int(await self._execute(self._rpc("healing_counter_add", args)) or 0)
+
+    async def counter_sums(self, keys: Sequence[str], *, since_bucket: int) -> dict[str, int]:
+        totals = dict.fromkeys(keys, 0)
+        if keys:
+            query = (
+                self._client.table("healing_counters")
+                .select("key", "n")
+                .in_("key", list(keys))
+                .gte("bucket", since_bucket)
+                .limit(_MAX_ROWS)
+            )
+            for row in await self._execute(query):
+                totals[row["key"]] += int(row["n"])
+        return totals
+
+    async def slot_take(
+        self, key: str, *, spacing_s: float, now: float, not_before: float | None = None
+    ) -> float:
+        args = {"p_key": key, "p_spacing_s": spacing_s, "p_now": now, "p_not_before": not_before}
+        return float(await self._execute(self._rpc("healing_slot_take", args)))

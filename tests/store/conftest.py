@@ -21,14 +21,16 @@ from tests.store.postgrest_fake import SERVICE_KEY, FakePostgREST
 
 __all__ = ["EXTERNAL_ENV", "PgServer"]
 REPO = Path(__file__).resolve().parents[2]
-SUPABASE_MIGRATION = REPO / "supabase" / "migrations" / "20261128000000_healing_init.sql"
+SUPABASE_MIGRATIONS = sorted((REPO / "supabase" / "migrations").glob("*.sql"))
+"""One file per version of healing/store/migrations/, oldest first."""
 BACKENDS = ["sqlite", "postgres", "supabase"]
 
 
 def apply_supabase_migration(url: str) -> None:
     """What ``supabase db push`` does with our file."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(SUPABASE_MIGRATION.read_bytes())
+        for path in SUPABASE_MIGRATIONS:
+            conn.execute(path.read_bytes())
 
 
 @pytest.fixture

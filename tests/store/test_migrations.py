@@ -15,33 +15,47 @@ from healing.errors import StoreError
 from healing.store import PostgresStore, SQLiteStore, Store
 from healing.store.migrate import MIGRATIONS_DIR, load_migrations, sqlite_statements
 from healing.types import ErrorPattern, ErrorType
-from tests.store.conftest import SUPABASE_MIGRATION, apply_supabase_migration
+from tests.store.conftest import SUPABASE_MIGRATIONS, apply_supabase_migration
 
-POSTGRES_SQL = MIGRATIONS_DIR / "0001_init.sql"
+POSTGRES_SQL = sorted(p for p in MIGRATIONS_DIR.glob("*.sql") if ".sqlite." not in p.name)
+SHIPPED = [1, 2]
 TABLES = [
     "healing_schema_version",
     "healing_events",
     "healing_patterns",
     "healing_pattern_outcomes",
+    "healing_state",
+    "healing_leases",
+    "healing_counters",
+    "healing_slots",
 ]
-FUNCTIONS = ["healing_record_outcome", "healing_record_events"]
+FUNCTIONS = [
+    "healing_record_outcome",
+    "healing_record_events",
+    "healing_state_put",
+    "healing_state_delete",
+    "healing_lease_take",
+    "healing_lease_drop",
+    "healing_counter_add",
+    "healing_slot_take",
+]
 PATTERN = ErrorPattern(
     fingerprint="fp", connector="crm", operation="get", error_type=ErrorType.TIMEOUT
 )
 
 
-def _with_0002(tmp_path: Path, *, sqlite_variant: bool) -> Path:
-    """The shipped migrations plus a later feature's tables, as a 0002 file would add them."""
+def _with_later(tmp_path: Path, *, sqlite_variant: bool) -> Path:
+    """The shipped migrations plus a later feature's tables, as a 0003 file would add them."""
     folder = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, folder)
-    (folder / "0002_breaker_state.sql").write_text(
+    (folder / "0003_breaker_state.sql").write_text(
         "create table if not exists healing_breaker_state (\n"
         "    connector text primary key,\n"
         "    version bigint generated always as identity,\n"  # PostgreSQL-only syntax
         "    state text not null\n);\n"
     )
     if sqlite_variant:
-        (folder / "0002_breaker_state.sqlite.sql").write_text(
+        (folder / "0003_breaker_state.sqlite.sql").write_text(
             "create table if not exists healing_breaker_state (\n"
             "    connector text primary key, version integer, state text not null);\n"
             "create trigger if not exists healing_breaker_bump\n"
@@ -66,14 +80,14 @@ async def test_a_later_migration_is_just_a_file(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     target = str(tmp_path / "h.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
-    folder = _with_0002(tmp_path, sqlite_variant=True)
+    folder = _with_later(tmp_path, sqlite_variant=True)
 
     def make(migrations_dir: Path | None = None) -> Store:
         if backend == "sqlite":
             return SQLiteStore(target, migrations_dir=migrations_dir)
         return PostgresStore(target, migrations_dir=migrations_dir)
 
-    for migrations_dir, expected in ((None, [1]), (folder, [2]), (folder, []), (None, [])):
+    for migrations_dir, expected in ((None, SHIPPED), (folder, [3]), (folder, []), (None, [])):
         store = make(migrations_dir)
         try:
             assert await store.migrate() == expected
@@ -84,27 +98,28 @@ async def test_a_later_migration_is_just_a_file(
 
 
 async def test_a_failed_migration_leaves_no_trace(tmp_path: Path) -> None:
-    folder = _with_0002(tmp_path, sqlite_variant=True)
-    (folder / "0003_broken.sql").write_text("create table healing_ok (x integer);\nnot sql;\n")
+    folder = _with_later(tmp_path, sqlite_variant=True)
+    (folder / "0004_broken.sql").write_text("create table healing_ok (x integer);\nnot sql;\n")
     store = SQLiteStore(tmp_path / "h.db", migrations_dir=folder)
     with pytest.raises(StoreError, match="syntax error"):
         await store.migrate()
     await store.close()
     assert _tables("sqlite", str(tmp_path / "h.db")) == set()  # all or nothing
     store = SQLiteStore(tmp_path / "h.db")
-    assert await store.migrate() == [1]
+    assert await store.migrate() == SHIPPED
     await store.close()
 
 
 def test_dialect_variants_are_chosen(tmp_path: Path) -> None:
-    folder = _with_0002(tmp_path, sqlite_variant=True)
+    folder = _with_later(tmp_path, sqlite_variant=True)
     pg, lite = load_migrations("postgres", folder), load_migrations("sqlite", folder)
-    assert [m.version for m in pg] == [m.version for m in lite] == [1, 2]
-    assert "generated always as identity" in pg[1].sql
-    assert "create trigger" in lite[1].sql
-    assert "create or replace function" in pg[0].sql
-    assert "create or replace function" not in lite[0].sql
-    statements = list(sqlite_statements(lite[1].sql))
+    assert [m.version for m in pg] == [m.version for m in lite] == [*SHIPPED, 3]
+    assert "generated always as identity" in pg[-1].sql
+    assert "create trigger" in lite[-1].sql
+    for shipped in range(len(SHIPPED)):
+        assert "create or replace function" in pg[shipped].sql
+        assert "create or replace function" not in lite[shipped].sql
+    statements = list(sqlite_statements(lite[-1].sql))
     assert len(statements) == 2 and statements[1].endswith("end;")  # the trigger stays whole
 
 
@@ -117,7 +132,7 @@ def test_dialect_variants_are_chosen(tmp_path: Path) -> None:
     ],
 )
 def test_bad_migration_folders(tmp_path: Path, name: str, problem: str) -> None:
-    folder = _with_0002(tmp_path, sqlite_variant=False)
+    folder = _with_later(tmp_path, sqlite_variant=False)
     (folder / name).write_text("select 1;")
     with pytest.raises(StoreError, match=problem):
         load_migrations("postgres", folder)
@@ -128,23 +143,29 @@ def _normalized(sql: str) -> str:
     return " ".join(" ".join(lines).split())
 
 
-def test_supabase_file_is_the_postgres_migration_plus_lockdown() -> None:
-    source, supa = (
-        _normalized(POSTGRES_SQL.read_text()),
-        _normalized(SUPABASE_MIGRATION.read_text()),
-    )
-    assert source in supa  # the same DDL, verbatim
-    created = re.findall(r"create table if not exists (\w+)", source)
+def test_supabase_files_are_the_postgres_migrations_plus_lockdown() -> None:
+    assert len(SUPABASE_MIGRATIONS) == len(POSTGRES_SQL) == len(SHIPPED)
+    created, defined = [], []
+    for version, pg_file, supa_file in zip(SHIPPED, POSTGRES_SQL, SUPABASE_MIGRATIONS, strict=True):
+        source, supa = _normalized(pg_file.read_text()), _normalized(supa_file.read_text())
+        assert source in supa  # the same DDL, verbatim
+        tables = re.findall(r"create table if not exists (\w+)", source)
+        functions = re.findall(r"create or replace function (\w+)", source)
+        for table in tables:
+            assert f"alter table {table} enable row level security;" in supa
+            assert re.search(rf"revoke all on table {table} from anon\b", supa)
+        for function in functions:
+            assert re.search(rf"revoke all on function {function}\(.*?\) from public, anon", supa)
+            assert re.search(
+                rf"grant execute on function {function}\([^;]*\) to service_role;", supa
+            )
+        assert "create policy" not in supa.lower()
+        assert not re.search(r"grant [^;]* to [^;]*\banon\b", supa)
+        assert f"insert into healing_schema_version (version) values ({version})" in supa
+        created += tables
+        defined += functions
     assert sorted(created) == sorted(TABLES)
-    for table in created:
-        assert f"alter table {table} enable row level security;" in supa
-        assert re.search(rf"revoke all on table {table} from anon\b", supa)
-    for function in FUNCTIONS:
-        assert re.search(rf"revoke all on function {function}\(.*?\) from public, anon", supa)
-        assert re.search(rf"grant execute on function {function}\([^;]*\) to service_role;", supa)
-    assert "create policy" not in supa.lower()
-    assert not re.search(r"grant [^;]* to [^;]*\banon\b", supa)
-    assert "insert into healing_schema_version (version) values (1)" in supa
+    assert sorted(defined) == sorted(FUNCTIONS)
 
 
 def _as_role(url: str, role: str, statement: str) -> None:
@@ -180,7 +201,7 @@ async def test_supabase_roles_are_locked_out(pg_url: str, setup: str) -> None:
         apply_supabase_migration(pg_url)
     else:
         store = PostgresStore(pg_url)
-        assert await store.migrate() == [1]
+        assert await store.migrate() == SHIPPED
         await store.close()
     for role in ("anon", "authenticated"):
         for statement in [f"select * from {t}" for t in TABLES] + [RECORD, EVENTS]:

@@ -13,6 +13,7 @@ import pytest
 from healing.errors import StoreUnavailable
 from healing.eventlog import EventLog
 from healing.store.base import EventFilter, PatternStats, Store
+from healing.store.memory import MemoryFleetState
 from healing.types import ErrorPattern, ErrorType, HealingEvent
 
 AT = datetime(2025, 1, 1, tzinfo=UTC)
@@ -23,13 +24,14 @@ PATTERN = ErrorPattern(
 
 class FakeClock:
     def __init__(self) -> None:
+        super().__init__()
         self.now = 0.0
 
     def __call__(self) -> float:
         return self.now
 
 
-class FakeStore:
+class FakeStore(MemoryFleetState):
     """An in-memory Store that can be switched down, made to hang, or hooked mid-write."""
 
     url_for_display = "memory://fake"

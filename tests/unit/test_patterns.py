@@ -16,6 +16,7 @@ from healing.learning import StrategyHint
 from healing.matrix import DEFAULT_MATRIX
 from healing.patterns import PatternCache
 from healing.store.base import EventFilter, PatternStats, Store, StrategyStats
+from healing.store.memory import MemoryFleetState
 from healing.types import ErrorPattern, ErrorType, HealingEvent
 
 ROW = DEFAULT_MATRIX[ErrorType.TIMEOUT]
@@ -33,13 +34,14 @@ def never_healed(fingerprint: str) -> PatternStats:
 
 class FakeClock:
     def __init__(self) -> None:
+        super().__init__()
         self.now = 0.0
 
     def __call__(self) -> float:
         return self.now
 
 
-class FakeStore:
+class FakeStore(MemoryFleetState):
     """Answers pattern_stats from a dict; can be down, hang, or make callers wait a turn."""
 
     url_for_display = "memory://fake"
