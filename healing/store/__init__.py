@@ -19,6 +19,7 @@ from healing.errors import ConfigError, StoreError
 from healing.store.base import (
     ANY_VERSION,
     EventFilter,
+    FleetState,
     PatternStats,
     StateEntry,
     Store,
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "STORE_ENV",
     "EventFilter",
+    "FleetState",
     "PatternStats",
     "PostgresStore",
     "SQLiteStore",

@@ -74,37 +74,11 @@ class StateEntry(BaseModel):
 
 
 @runtime_checkable
-class Store(Protocol):
-    """Persistence for the event log and learned error patterns."""
-
-    url_for_display: str
-    """The store URL with any password removed, for messages."""
-
-    async def migrate(self) -> list[int]:
-        """Apply pending migrations idempotently; return the versions applied now."""
-
-    async def ping(self) -> None:
-        """Raise StoreUnavailable if the database cannot be reached."""
-
-    async def close(self) -> None: ...
-
-    async def record_events(self, events: Sequence[HealingEvent]) -> None:
-        """Append events (one round trip per batch)."""
-
-    async def recent_events(self, filter: EventFilter | None = None) -> list[HealingEvent]:
-        """Newest first."""
-
-    async def record_outcome(
-        self, pattern: ErrorPattern, strategy: str, *, healed: bool, heal_s: float | None = None
-    ) -> None:
-        """Count one try of ``strategy`` on ``pattern`` (creating the pattern if new)."""
-
-    async def pattern_stats(self, fingerprint: str) -> PatternStats | None: ...
-
-    async def patterns(self, *, limit: int = 100) -> list[PatternStats]:
-        """Most seen first."""
-
-    # -- fleet state (DESIGN s5b): the four shapes every shared decision is built from ----------
+class FleetState(Protocol):
+    """State shared by every worker of a fleet (DESIGN s5b), in four shapes: versioned
+    documents, leases, windowed counters and slots. Every backend of :class:`Store` has it;
+    :class:`healing.store.memory.MemoryFleetState` holds it in one process (tests, no store).
+    """
 
     async def state_get(self, space: str, key: str) -> StateEntry | None: ...
 
@@ -151,3 +125,35 @@ class Store(Protocol):
         """Reserve the next start time for ``key``: at or after ``now`` and ``not_before``, and
         ``spacing_s`` after the previous reservation. Distinct callers get distinct starts.
         ``spacing_s=0`` with ``not_before`` only pushes later reservations past it."""
+
+
+@runtime_checkable
+class Store(FleetState, Protocol):
+    """Persistence for the event log, learned error patterns and fleet state."""
+
+    url_for_display: str
+    """The store URL with any password removed, for messages."""
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations idempotently; return the versions applied now."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable if the database cannot be reached."""
+
+    async def close(self) -> None: ...
+
+    async def record_events(self, events: Sequence[HealingEvent]) -> None:
+        """Append events (one round trip per batch)."""
+
+    async def recent_events(self, filter: EventFilter | None = None) -> list[HealingEvent]:
+        """Newest first."""
+
+    async def record_outcome(
+        self, pattern: ErrorPattern, strategy: str, *, healed: bool, heal_s: float | None = None
+    ) -> None:
+        """Count one try of ``strategy`` on ``pattern`` (creating the pattern if new)."""
+
+    async def pattern_stats(self, fingerprint: str) -> PatternStats | None: ...
+
+    async def patterns(self, *, limit: int = 100) -> list[PatternStats]:
+        """Most seen first."""
