@@ -40,3 +40,34 @@ async def _record(backend: str, target: str, n: int, start: Any) -> dict[str, An
         return {"applied": applied, "seconds": time.monotonic() - began}
     finally:
         await store.close()
+
+
+def fleet(backend: str, target: str, n: int, ident: str, start: Any, results: Any) -> None:
+    """Contend with siblings for ``n`` leases, counter increments, slots and CAS writes."""
+    results.put(asyncio.run(_fleet(backend, target, n, ident, start)))
+
+
+async def _fleet(backend: str, target: str, n: int, ident: str, start: Any) -> dict[str, Any]:
+    store: Store = SQLiteStore(target) if backend == "sqlite" else PostgresStore(target)
+    won: list[int] = []
+    slots: list[float] = []
+    swaps = 0
+    try:
+        await store.ping()
+        start.wait(timeout=60)
+        for i in range(n):
+            if await store.lease_take(f"refresh:{i}", ident, ttl_s=60, now=1000.0):
+                won.append(i)
+            await store.counter_add("calls", i % 7, keep_from=0)
+            slots.append(await store.slot_take("rate", spacing_s=0.5, now=1000.0))
+            # A read-modify-write that must lose no increment: retry on a lost swap.
+            while True:
+                entry = await store.state_get("budget", "crm")
+                value = {"n": (entry.value["n"] if entry else 0) + 1}
+                version = entry.version if entry else None
+                if await store.state_put("budget", "crm", value, expected_version=version, now=1):
+                    break
+                swaps += 1
+        return {"won": won, "slots": slots, "swaps": swaps}
+    finally:
+        await store.close()
