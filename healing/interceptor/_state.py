@@ -31,6 +31,7 @@ _HISTORY = 50
 _SA_PATCH = "healing-search-attributes"
 _MEMO_PATCH = "healing-memo"
 _RETRIES_HEALED_PATCH = "healing-retries-healed"
+_UPFRONT_PATCH = "healing-features-upfront"
 
 
 class WorkflowSide(Protocol):
@@ -68,6 +69,8 @@ class WorkflowHealing:
         until a valid decision arrives). Not in history: a replay rebuilds it from the signals."""
         self.announced: set[str] = set()
         """Escalations whose pause has been logged (once each; replays log nothing)."""
+        self.drift: list[str] = []
+        """Schema drift this run's calls met, once each (``healing_status``)."""
         self.log = workflow.LoggerAdapter(logging.getLogger("healing"), None)
         self.log.workflow_info_on_message = False  # the line names the workflow itself
 
@@ -78,7 +81,14 @@ class WorkflowHealing:
             counts_by_error_type=dict(self.counts),
             open_escalations=list(self.open.values()),
             history=list(self.history),
+            drift=list(self.drift),
         )
+
+    def note_drift(self, changes: list[str]) -> None:
+        """Remember drift a call met (names and types only), once each, at most _HISTORY."""
+        for change in changes:
+            if change not in self.drift and len(self.drift) < _HISTORY:
+                self.drift.append(change)
 
     def record(self, attempt: HealingAttempt) -> None:
         self.history = [*self.history, attempt][-_HISTORY:]
@@ -151,6 +161,19 @@ class WorkflowHealing:
             else:
                 self.features[patch_id] = False
         return self.features[patch_id]
+
+    def decide_upfront(self, features: dict[str, bool]) -> None:
+        """Decide every optional feature (patch id -> enabled) at the first healing moment,
+        before any local activity runs. A patch first met after a local activity is recorded in
+        whichever workflow task that activity's result lands in, and a query arriving meanwhile
+        moves it: a replay then misses the marker and fails as non-deterministic."""
+        if _UPFRONT_PATCH in self.features:
+            return
+        if self.feature(_UPFRONT_PATCH, True):
+            self.feature(_MEMO_PATCH, True)
+            self.feature(_SA_PATCH, self.side.search_attributes_enabled)
+            for patch_id, enabled in features.items():
+                self.feature(patch_id, enabled)
 
     def check(self, decision: EscalationDecision) -> Escalation:
         """The escalation a decision answers; DecisionError says why it cannot be applied."""
