@@ -2,8 +2,11 @@
 
 Environment: TEMPORAL_ADDRESS (default localhost:7233), TEMPORAL_NAMESPACE (default),
 HEALING_TASK_QUEUE (integrations), HEALING_CONNECTORS (connector catalog TOML, default
-connectors.toml), HEALING_STORE, HEALING_SECRET_KEY (decrypts the stored OAuth tokens of oauth2
-connectors; see ``healing credentials set``), HEALING_MAX_CACHED_WORKFLOWS (sticky cache size,
+connectors.toml), HEALING_STORE (default sqlite:///.healing/healing.db; also where the OAuth
+credentials of every (connector, connection) live, shared by the fleet), HEALING_SECRET_KEY
+(seals those tokens; checked against the stored rows at start-up; see ``healing credentials``),
+HEALING_CREDENTIALS_FILE (a legacy credential file imported into the store at start-up),
+HEALING_MAX_CACHED_WORKFLOWS (sticky cache size,
 0 turns it off), HEALING_MAX_CONCURRENT_ACTIVITIES, HEALING_MAX_CONCURRENT_WORKFLOW_TASKS (unset:
 the SDK's defaults). Every other HEALING_* knob is a HealingConfig field.
 

@@ -83,6 +83,7 @@ class HealingPlugin(SimplePlugin):
             clock=clock,
             wall_clock=wall_clock,
         )
+        self.tokens = tokens
         acts = healing_activities(self.config, tokens=tokens, interceptor=self.interceptor)
         super().__init__(
             "healing.HealingPlugin",
@@ -105,6 +106,9 @@ class HealingPlugin(SimplePlugin):
         return config
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
+        check = getattr(self.tokens, "check", None)
+        if check is not None:  # a wrong HEALING_SECRET_KEY fails here, not at the first call
+            await check()
         await self.interceptor.check_search_attributes(worker.client)
         self.interceptor.events.start()
         try:

@@ -62,6 +62,13 @@ _KEYS = (
     r"private_key|code_verifier|sig|signature|(?:proxy-)?authorization|cookie"
 )
 _HEADER_NAMES = "|".join(re.escape(name) for name in sorted(SENSITIVE_HEADERS))
+# The same key names percent-encoded (``access%5Ftoken``), as in a URL nested in a query string.
+_ENCODED_KEYS = (
+    _KEYS.replace("api[_-]?key", "api~key")
+    .replace("_", "(?:_|%5[Ff])")
+    .replace("-", "(?:-|%2[Dd])")
+    .replace("~", "(?:_|-|%5[Ff]|%2[Dd])?")
+)
 # A quoted value: no alternative can match the same character two ways (no backtracking blow-up).
 _QUOTED = r"""(["'])(?:\\.|(?!\2)[^\\\r\n])*\2"""
 
@@ -88,6 +95,21 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(rf"""(?i)(?<![A-Za-z0-9_-])((?:{_KEYS})=)(?!\[REDACTED\])[^&\s"'#,;)\]}}]+"""),
         rf"\1{REDACTED}",
+    ),
+    # ...and with the key or the "=" percent-encoded (access%5Ftoken=, token%3D...).
+    (
+        re.compile(
+            rf"""(?i)(?:(?<![A-Za-z0-9_-])|(?<=%3F)|(?<=%26))((?:{_ENCODED_KEYS})(?:=|%3D))"""
+            r"""(?!\[REDACTED\])"""
+            r"""(?:(?!%26)[^&\s"'#,;)\]}])+"""
+        ),
+        rf"\1{REDACTED}",
+    ),
+    # Passwords in URLs: scheme://user:password@host; up to the last "@" of the authority, as
+    # URL parsers read it (an unencoded "@" in the password must not leak its end).
+    (
+        re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@\[\]]*:)(?!\[REDACTED\]@)[^\s/]+(@)"),
+        rf"\1{REDACTED}\2",
     ),
     # JWTs: base64url '{"' header, then payload and signature.
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),

@@ -173,6 +173,8 @@ EXCEPTION_DEFAULTS: tuple[tuple[str, ErrorType], ...] = (
     ("pydantic_core.ValidationError", E.SCHEMA_MISMATCH),
     # Token endpoint trouble is an outage of the vendor's auth server, not a bad credential.
     ("healing.errors.TokenEndpointUnavailable", E.SERVICE_DOWN),
+    # A wrong HEALING_SECRET_KEY is a setup error: reauthorizing cannot fix it.
+    ("healing.errors.SecretKeyMismatch", E.INTERNAL_ERROR),
     ("healing.errors.CredentialError", E.AUTH_INVALID),
     ("httpx.TimeoutException", E.TIMEOUT), ("TimeoutError", E.TIMEOUT),
     ("httpx.ConnectError", E.SERVICE_DOWN), ("ConnectionRefusedError", E.SERVICE_DOWN),

@@ -2,10 +2,10 @@
 
 Input ``{"steps": [{"connector": "crm", "operation": "get_contact", "params": {"id": "42"}}]}``;
 result ``{"steps": [{"status": "ok" | "skipped", "result": ..., "served_by": ..., "healing":
-{...}}]}`` (``served_by``: the connector that answered). A step a
-human aborts fails the workflow with the escalation's explanation (the interceptor raises it).
-Input that does not fit fails the workflow at once (non-retryable ``InvalidInput``), naming the
-field.
+{...}, "extra": {...}}]}`` (``served_by``: the connector that answered; ``extra``, when the
+response drifted: keys its model does not know, by path). A step a human aborts fails the
+workflow with the escalation's explanation (the interceptor raises it). Input that does not
+fit fails the workflow at once (non-retryable ``InvalidInput``), naming the field.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
     from activities.integration import CALL_INTEGRATION, CallRequest
+    from healing.credentials import check_connection
     from healing.errors import validation_problems
 
 DEFAULT_TASK_QUEUE = "integrations"
@@ -37,6 +38,8 @@ class Step(BaseModel):
     body: Any = None
     connection: str = Field(default="default", min_length=1)
     """The account/tenant whose credentials the call uses (DESIGN s3)."""
+
+    _connection = field_validator("connection")(check_connection)
 
 
 class IntegrationInput(BaseModel):
@@ -87,6 +90,7 @@ class IntegrationWorkflow:
             operation=step.operation,
             params=step.params,
             body=step.body,
+            connection=step.connection,
         )
         # A fixed activity id per step: healing restarts (reroute, refresh, edit) reuse it, so
         # the Idempotency-Key derived from it stays the same for the whole logical call.
@@ -104,9 +108,12 @@ class IntegrationWorkflow:
                 "served_by": None,
                 "healing": {"connector": step.connector, "decision": "skip"},
             }
-        return {
+        step_result = {
             "status": "ok",
             "result": result.get("result"),
             "served_by": result.get("connector"),  # the alternative, after a reroute
             "healing": {**result.get("healing", {}), "connector": result.get("connector")},
         }
+        if result.get("extra"):  # keys the response model does not know (schema drift)
+            step_result["extra"] = result["extra"]
+        return step_result

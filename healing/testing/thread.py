@@ -35,8 +35,16 @@ class _Server(Protocol):
     def set_plan(self, plan: FaultPlan) -> None: ...
     def reset(self) -> None: ...
     def expire_tokens(self) -> None: ...
-    def revoke_grant(self) -> None: ...
-    def issue_tokens(self) -> TokenSet: ...
+    def revoke_grant(self, grant: str | None = None) -> None: ...
+    def issue_tokens(self, grant: str = "default") -> TokenSet: ...
+    def tokens_of(self, grant: str) -> tuple[str | None, str | None]: ...
+    def set_refresh_policy(
+        self,
+        *,
+        reuse_detection: bool | None = None,
+        reuse_interval_s: float | None = None,
+        token_ttl_s: float | None = None,
+    ) -> None: ...
 
 
 class ChaosThread:
@@ -99,11 +107,29 @@ class ChaosThread:
     def expire_tokens(self) -> None:
         self.call(self.api.expire_tokens)
 
-    def revoke_grant(self) -> None:
-        self.call(self.api.revoke_grant)
+    def revoke_grant(self, grant: str | None = None) -> None:
+        self.call(lambda: self.api.revoke_grant(grant))
 
-    def issue_tokens(self) -> TokenSet:
-        return self.call(self.api.issue_tokens)
+    def issue_tokens(self, grant: str = "default") -> TokenSet:
+        return self.call(lambda: self.api.issue_tokens(grant))
+
+    def tokens_of(self, grant: str) -> tuple[str | None, str | None]:
+        return self.call(lambda: self.api.tokens_of(grant))
+
+    def set_refresh_policy(
+        self,
+        *,
+        reuse_detection: bool | None = None,
+        reuse_interval_s: float | None = None,
+        token_ttl_s: float | None = None,
+    ) -> None:
+        self.call(
+            lambda: self.api.set_refresh_policy(
+                reuse_detection=reuse_detection,
+                reuse_interval_s=reuse_interval_s,
+                token_ttl_s=token_ttl_s,
+            )
+        )
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
         if self._thread.is_alive() and self._stop_event is not None:

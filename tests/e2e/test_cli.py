@@ -305,32 +305,68 @@ def test_patterns_and_events_read_the_store(
 def test_credentials_never_print_or_store_tokens_in_clear(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store = tmp_path / "credentials.enc"
+    db = tmp_path / "healing.db"
     access, refresh = f"at-{uuid.uuid4().hex}", f"rt-{uuid.uuid4().hex}"
-    monkeypatch.setenv("HEALING_SECRET_KEY", Fernet.generate_key().decode())
-    monkeypatch.setenv("HEALING_CREDENTIALS_FILE", str(store))
+    old_key = Fernet.generate_key().decode()
+    monkeypatch.setenv("HEALING_SECRET_KEY", old_key)
+    monkeypatch.setenv("HEALING_STORE", f"sqlite:///{db}")
     monkeypatch.setenv("CRM_AT", access)
     monkeypatch.setenv("CRM_RT", refresh)
     set_args = ["credentials", "set", "crm", "--access-token-env", "CRM_AT"]
     assert main([*set_args, "--refresh-token-env", "CRM_RT", "--expires-in", "3600"]) == 0
     assert main(["credentials", "show", "crm"]) == 0
     out = capsys.readouterr().out
-    assert "version        0" in out
+    assert "version        1" in out and "connection     default" in out
     assert "Bearer" in out
     assert "refresh token  stored" in out
     assert access not in out and refresh not in out
-    blob = store.read_bytes()
+    blob = db.read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("healing.db-*"))
     assert access.encode() not in blob and refresh.encode() not in blob
     assert main(set_args) == 0  # a second write bumps the version
     assert main(["credentials", "show", "crm"]) == 0
+    assert "version        2" in capsys.readouterr().out
+    # Another account of the same connector is another row.
+    assert main([*set_args, "--connection", "acme"]) == 0
+    assert main(["credentials", "show", "crm", "--connection", "acme"]) == 0
     assert "version        1" in capsys.readouterr().out
+    # Key rotation: the new key first, the old one still opening the rows, then alone.
+    new_key = Fernet.generate_key().decode()
+    monkeypatch.setenv("HEALING_SECRET_KEY", f"{new_key},{old_key}")
+    assert main(["credentials", "rotate-key"]) == 0
+    assert "re-encrypted 2 credential(s)" in capsys.readouterr().out
+    monkeypatch.setenv("HEALING_SECRET_KEY", new_key)
+    assert main(["credentials", "show", "crm", "--connection", "acme"]) == 0
+    assert main(["credentials", "delete", "crm", "--connection", "acme"]) == 0
+    capsys.readouterr()
+    assert main(["credentials", "show", "crm", "--connection", "acme"]) == 1
+    assert "no credential stored for 'crm' connection 'acme'" in capsys.readouterr().err
+    monkeypatch.setenv("HEALING_SECRET_KEY", old_key)  # the old key alone no longer opens them
+    assert main(["credentials", "show", "crm"]) == 1
+    assert "HEALING_SECRET_KEY does not match" in capsys.readouterr().err
+
+
+def test_credentials_authorize_needs_an_authorize_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalog = tmp_path / "connectors.toml"
+    catalog.write_text(
+        '[connectors.crm]\nbase_url = "http://127.0.0.1:9"\n[connectors.crm.auth]\n'
+        'kind = "oauth2"\ntoken_url = "http://127.0.0.1:9/token"\nclient_id = "app"\n'
+    )
+    monkeypatch.setenv("HEALING_SECRET_KEY", Fernet.generate_key().decode())
+    monkeypatch.setenv("HEALING_STORE", f"sqlite:///{tmp_path}/healing.db")
+    monkeypatch.setenv("HEALING_CONNECTORS", str(catalog))
+    assert main(["credentials", "authorize", "crm", "--no-decide"]) == 1
+    assert "no authorize_url" in capsys.readouterr().err
+    assert main(["credentials", "authorize", "nope", "--no-decide"]) == 1
+    assert "'nope' has no oauth2 [auth]" in capsys.readouterr().err
 
 
 def test_credentials_need_the_secret_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("HEALING_SECRET_KEY", raising=False)
-    monkeypatch.setenv("HEALING_CREDENTIALS_FILE", str(tmp_path / "c.enc"))
+    monkeypatch.setenv("HEALING_STORE", f"sqlite:///{tmp_path}/healing.db")
     monkeypatch.setenv("CRM_AT", "x")
     assert main(["credentials", "set", "crm", "--access-token-env", "CRM_AT"]) == 1
     assert "HEALING_SECRET_KEY is not set" in capsys.readouterr().err
@@ -340,7 +376,7 @@ def test_credentials_name_an_unset_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HEALING_SECRET_KEY", Fernet.generate_key().decode())
-    monkeypatch.setenv("HEALING_CREDENTIALS_FILE", str(tmp_path / "c.enc"))
+    monkeypatch.setenv("HEALING_STORE", f"sqlite:///{tmp_path}/healing.db")
     monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
     assert main(["credentials", "set", "crm", "--access-token-env", "NO_SUCH_TOKEN_VAR"]) == 1
     assert "NO_SUCH_TOKEN_VAR" in capsys.readouterr().err

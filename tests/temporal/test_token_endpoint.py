@@ -14,7 +14,7 @@ import httpx
 
 from healing.credentials import Credential, MemoryCredentialStore, OAuthClient
 from healing.oauth import TokenRefresher
-from tests.temporal.harness import Call, Harness, Scripted, plugin
+from tests.temporal.harness import Call, Harness, Scripted, fail, plugin
 
 
 async def _expired_store() -> MemoryCredentialStore:
@@ -82,3 +82,31 @@ async def test_a_token_endpoint_that_stays_down_escalates_as_an_outage(harness: 
     assert "token endpoint unavailable" in esc.explanation
     assert "reauthorized" not in [o.option for o in esc.options]
     assert {"wait", "retry"} <= {o.option for o in esc.options}
+
+
+async def test_a_401_whose_refresh_meets_a_dead_endpoint_escalates_as_an_outage(
+    harness: Harness,
+) -> None:
+    """The refresh activity retries inside the healing budget; after it, the human is told the
+    token endpoint is unavailable, with wait and retry: never AUTH_INVALID or reauthorize."""
+    store, calls = MemoryCredentialStore(), []
+    await store.put(
+        Credential(connector="crm", access_token="old-access", refresh_token="refresh-1"),
+        expected_version=None,
+    )
+    http = _endpoint(10_000, calls)
+    client = OAuthClient(token_url="https://login.example.test/token", client_id="cid")
+    refresher = TokenRefresher(store, {"crm": client}, http=http, backoff_s=0)
+    salesforce = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
+    acts = Scripted(then=fail(401, salesforce))
+    async with http, harness.worker(acts.activity, plugin=plugin(tokens=refresher)):
+        handle = await harness.start()
+        esc = (await harness.escalated(handle)).open_escalation
+    assert esc is not None
+    assert esc.error_type.value == "SERVICE_DOWN"
+    options = [o.option for o in esc.options]
+    assert "wait" in options and "retry" in options and "reauthorized" not in options
+    assert "token endpoint stayed unavailable" in esc.explanation
+    assert len(calls) >= 5  # retried with backoff inside the budget, not once
+    stored = await store.get("crm")
+    assert stored is not None and stored.revoked is None

@@ -1,714 +1,858 @@
-"""Credential stores (compare-and-swap, encryption at rest) and single-flight token refresh."""
+"""Credentials in the healing store and the fleet-wide, leased refresh (healing.oauth).
+
+Token endpoints here are the real chaos server on 127.0.0.1 (``healing.testing.ChaosAPI``), or
+an ``httpx.MockTransport`` where only the request's shape matters (client authentication).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import json
-import logging
-import multiprocessing
-import os
-import secrets
-import stat
-import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from healing.authorize import authorize
+from healing.config import HealingConfig
 from healing.credentials import (
-    BearerAuth,
+    CREDENTIALS_SPACE,
     Credential,
-    CredentialStore,
     FileCredentialStore,
+    FleetCredentialStore,
     MemoryCredentialStore,
     OAuthClient,
+    SecretBox,
     generate_secret_key,
 )
-from healing.errors import ConfigError, CredentialError, GrantRevoked, TokenEndpointUnavailable
-from healing.oauth import TokenRefresher
+from healing.errors import (
+    ConfigError,
+    CredentialError,
+    GrantRevoked,
+    SecretKeyMismatch,
+    TokenEndpointUnavailable,
+)
+from healing.oauth import LEASE_MARGIN_S, TokenRefresher
+from healing.runner import import_credential_file
+from healing.store.memory import MemoryFleetState
+from healing.testing import ChaosAPI, FaultPlan, FaultRule, LatencyFault, StatusFault
 
-CLIENT_SECRET = "cs-" + secrets.token_hex(8)
 KEY = generate_secret_key()
 
 
-def _tok(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(6)}"
+@pytest.fixture
+async def chaos() -> AsyncIterator[ChaosAPI]:
+    async with ChaosAPI(require_token=True) as api:
+        yield api
 
 
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def _yield_sleep(_: float) -> None:
-    """Stands in for the invalid_grant grace wait: lets other tasks run, no wall-clock time."""
-    for _ in range(20):
-        await asyncio.sleep(0)
+def _client(chaos: ChaosAPI, **kw: Any) -> OAuthClient:
+    return OAuthClient(
+        token_url=f"{chaos.url}/oauth/token",
+        authorize_url=f"{chaos.url}/oauth/authorize",
+        client_id="app",
+        client_secret="app-secret-value",
+        timeout_s=kw.pop("timeout_s", 3.0),
+        **kw,
+    )
 
 
-def _client(url: str = "https://auth.test/token", **kw: Any) -> OAuthClient:
-    return OAuthClient(token_url=url, client_id="app", client_secret=CLIENT_SECRET, **kw)
-
-
-class TokenEndpoint:
-    """A token endpoint with refresh-token rotation: each refresh token works once.
-
-    Serves an ``httpx.MockTransport`` (``handler``) and the real TCP server below (``answer``).
-    ``hold`` requests are kept waiting until that many have arrived (forces a race).
-    """
-
-    def __init__(self, refresh_token: str, *, hold: int = 0, rotate: bool = True) -> None:
-        self.valid = {refresh_token}
-        self.issued: list[str] = []
-        self.forms: list[dict[str, str]] = []
-        self.headers: list[httpx.Headers] = []
-        self.successes = 0
-        self.invalid_grants = 0
-        self.fail_with: int | None = None
-        self.gate: asyncio.Event | None = None
-        self.hold = hold
-        self.rotate = rotate
-        self._arrived = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    @property
-    def calls(self) -> int:
-        return len(self.forms)
-
-    async def answer(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        self.forms.append(form)
-        self.entered.set()
-        if self.hold and self.calls < self.hold:
-            await asyncio.wait_for(self._arrived.wait(), 5)
-        elif self.hold:
-            self._arrived.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail_with is not None:
-            return self.fail_with, {"error": "server_error"}
-        if form["grant_type"] == "client_credentials":
-            self.successes += 1
-            return 200, {"access_token": self._issue("AT"), "expires_in": 3600}
-        if form.get("refresh_token") not in self.valid:
-            self.invalid_grants += 1
-            return 400, {"error": "invalid_grant", "error_description": "Token has been revoked."}
-        payload: dict[str, Any] = {"access_token": self._issue("AT"), "expires_in": 3600}
-        if self.rotate:
-            self.valid.discard(form["refresh_token"])
-            new_refresh = self._issue("RT")
-            self.valid.add(new_refresh)
-            payload["refresh_token"] = new_refresh
-        self.successes += 1
-        return 200, payload
-
-    def _issue(self, prefix: str) -> str:
-        self.issued.append(_tok(prefix))
-        return self.issued[-1]
-
-    async def handler(self, request: httpx.Request) -> httpx.Response:
-        self.headers.append(request.headers)
-        form = dict(urllib.parse.parse_qsl(request.content.decode()))
-        status, payload = await self.answer(form)
-        return httpx.Response(status, json=payload)
-
-    def http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(self.handler))
-
-
-async def _seed(store: CredentialStore, *, expires_at: float | None = None) -> Credential:
+async def _seed(
+    store: FleetCredentialStore,
+    chaos: ChaosAPI,
+    *,
+    connection: str = "default",
+    expires_in: float = -1.0,
+    lifetime: float = 3600.0,
+) -> Credential:
+    tokens = chaos.issue_tokens(connection)
+    now = time.time()
     cred = Credential(
         connector="crm",
-        access_token=_tok("AT0"),
-        refresh_token=_tok("RT0"),
-        expires_at=expires_at,
+        connection=connection,
+        access_token=tokens.access_token,
+        refresh_token=tokens.refresh_token,
+        expires_at=now + expires_in,
+        issued_at=now + expires_in - lifetime,
     )
     assert await store.put(cred, expected_version=None)
-    return cred
+    stored = await store.get("crm", connection)
+    assert stored is not None
+    return stored
 
 
-def _rt(cred: Credential) -> str:
-    assert cred.refresh_token is not None
-    return cred.refresh_token.get_secret_value()
-
-
-def _secret_values(*creds: Credential | None) -> list[str]:
-    out = [CLIENT_SECRET]
-    for c in creds:
-        if c is not None:
-            out.append(c.access_token.get_secret_value())
-            if c.refresh_token is not None:
-                out.append(c.refresh_token.get_secret_value())
-    return out
-
-
-def _assert_no_secrets(text: str, values: list[str]) -> None:
-    leaked = [v for v in values if v in text]
-    assert not leaked, f"secret values leaked: {len(leaked)}"
-
-
-@pytest.fixture(params=["memory", "file"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> CredentialStore:
-    if request.param == "memory":
-        return MemoryCredentialStore()
-    return FileCredentialStore(tmp_path / "creds.enc", KEY)
-
-
-# --- the model ---------------------------------------------------------------------------
-
-
-def test_credential_never_shows_token_values() -> None:
-    cred = Credential(connector="crm", access_token="AT-visible", refresh_token="RT-visible")
-    shown = [
-        repr(cred),
-        str(cred),
-        json.dumps(cred.model_dump(mode="json")),
-        cred.model_dump_json(),
+def _workers(fleet: MemoryFleetState, chaos: ChaosAPI, n: int = 2) -> list[TokenRefresher]:
+    """``n`` refreshers sharing nothing but the fleet state, as separate workers would."""
+    return [
+        TokenRefresher(FleetCredentialStore(fleet, KEY), {"crm": _client(chaos)}, poll_s=0.02)
+        for _ in range(n)
     ]
-    for text in shown:
-        assert "visible" not in text
-    assert cred.access_token.get_secret_value() == "AT-visible"
-    with pytest.raises(ValueError):  # frozen
-        cred.version = 3  # type: ignore[misc]
 
 
-def test_expires_within() -> None:
-    cred = Credential(connector="c", access_token="a", expires_at=1000.0)
-    assert cred.expires_within(60, now=941.0)
-    assert not cred.expires_within(60, now=939.0)
-    assert not Credential(connector="c", access_token="a").expires_within(60, now=1e12)
+# -- the store ------------------------------------------------------------------------------
 
 
-# --- stores ------------------------------------------------------------------------------
-
-
-async def test_compare_and_swap(store: CredentialStore) -> None:
-    assert await store.get("crm") is None
-    first = await _seed(store)
-    assert not await store.put(first, expected_version=None)  # already exists
-    stored = await store.get("crm")
-    assert stored is not None and stored.version == 0
-    assert stored.access_token.get_secret_value() == first.access_token.get_secret_value()
-
-    newer = first.model_copy(update={"access_token": SecretStr("AT1"), "version": 99})
-    assert await store.put(newer, expected_version=0)
-    assert not await store.put(newer, expected_version=0)  # stale
-    assert not await store.put(newer, expected_version=5)
-    stored = await store.get("crm")
-    assert stored is not None and stored.version == 1  # version comes from the store, not cred
-    assert stored.access_token.get_secret_value() == "AT1"
-    assert stored.refresh_token == first.refresh_token
-
-    await store.delete("crm")
-    await store.delete("crm")  # idempotent
-    assert await store.get("crm") is None
-    assert await store.put(first, expected_version=None)
-
-
-async def _increment(store: CredentialStore, times: int) -> int:
-    conflicts = 0
-    for i in range(times):
-        while True:
-            cur = await store.get("crm")
-            assert cur is not None
-            if await store.put(
-                cur.model_copy(update={"access_token": SecretStr(f"t{i}")}),
-                expected_version=cur.version,
-            ):
-                break
-            conflicts += 1
-    return conflicts
-
-
-async def test_concurrent_increments_in_one_process(store: CredentialStore) -> None:
-    await _seed(store)
-    await asyncio.gather(*(_increment(store, 10) for _ in range(5)))
-    stored = await store.get("crm")
-    assert stored is not None and stored.version == 50
-
-
-def _process_increments(path: str, key: str, times: int, barrier: Any) -> None:
-    store = FileCredentialStore(path, key)
-    barrier.wait()
-    asyncio.run(_increment(store, times))
-
-
-def test_file_store_cas_across_processes(tmp_path: Path) -> None:
-    path = tmp_path / "creds.enc"
-    asyncio.run(_seed(FileCredentialStore(path, KEY)))
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    procs = [
-        ctx.Process(target=_process_increments, args=(str(path), KEY, 50, barrier))
-        for _ in range(2)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    stored = asyncio.run(FileCredentialStore(path, KEY).get("crm"))
-    assert stored is not None and stored.version == 100
-
-
-async def test_file_store_encrypts_at_rest(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "creds.enc"
-    store = FileCredentialStore(path, KEY)
-    cred = await _seed(store)
-    blob = path.read_bytes()
-    for value in [*_secret_values(cred), "crm", "access_token"]:
-        assert value.encode() not in blob
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert [p.name for p in path.parent.iterdir() if not p.name.startswith("creds.enc")] == []
-    again = await FileCredentialStore(path, KEY.encode()).get("crm")  # bytes key, new instance
-    assert again is not None and again.refresh_token == cred.refresh_token
-
-
-async def test_file_store_wrong_key(tmp_path: Path) -> None:
-    path = tmp_path / "creds.enc"
-    await _seed(FileCredentialStore(path, KEY))
-    other = generate_secret_key()
-    with pytest.raises(CredentialError, match="does not match") as info:
-        await FileCredentialStore(path, other).get("crm")
-    assert KEY not in str(info.value) and other not in str(info.value)
-    with pytest.raises(CredentialError, match="does not match"):
-        await FileCredentialStore(path, other).put(
-            Credential(connector="x", access_token="a"), expected_version=None
-        )
-
-
-def test_file_store_rejects_malformed_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="generate_secret_key") as info:
-        FileCredentialStore(tmp_path / "c", "hunter2-not-a-key")
-    assert "hunter2" not in str(info.value)
-
-
-# --- refresh -----------------------------------------------------------------------------
-
-
-async def test_concurrent_refresh_calls_the_endpoint_once() -> None:
-    store = MemoryCredentialStore()
-    old = await _seed(store)
-    endpoint = TokenEndpoint(_rt(old))
-    endpoint.gate = asyncio.Event()
-    async with endpoint.http() as http:
-        refresher = TokenRefresher(store, {"crm": _client()}, http=http)
-        tasks = [asyncio.create_task(refresher.refresh("crm", reason="401")) for _ in range(20)]
-        for _ in range(10):
-            await asyncio.sleep(0)
-        endpoint.gate.set()
-        results = await asyncio.gather(*tasks)
-    assert endpoint.calls == 1
-    assert {r.access_token.get_secret_value() for r in results} == {endpoint.issued[0]}
-    assert {r.version for r in results} == {1}
-    form = endpoint.forms[0]
-    assert form == {
-        "grant_type": "refresh_token",
-        "refresh_token": _rt(old),
-        "client_id": "app",
-        "client_secret": CLIENT_SECRET,
-    }
-
-
-async def test_two_workers_race_with_rotation() -> None:
-    store = MemoryCredentialStore()
-    old = await _seed(store)
-    endpoint = TokenEndpoint(_rt(old), hold=2)
-    async with endpoint.http() as http:
-        workers = [
-            TokenRefresher(store, {"crm": _client()}, http=http, sleep=_yield_sleep)
-            for _ in range(2)
-        ]
-        a, b = await asyncio.gather(*(w.refresh("crm", seen_version=0) for w in workers))
-    assert (endpoint.successes, endpoint.invalid_grants) == (1, 1)  # they really raced
-    assert a.access_token == b.access_token
-    assert a.access_token.get_secret_value() == endpoint.issued[0]
-    stored = await store.get("crm")
-    assert stored is not None and stored.version == 1
-    assert stored.refresh_token is not None
-    assert stored.refresh_token.get_secret_value() == endpoint.issued[1]
-
-
-async def test_invalid_grant_waits_for_a_sibling_write_in_flight() -> None:
-    store = MemoryCredentialStore()
-    old = await _seed(store)
-    endpoint = TokenEndpoint("already-used")
-    sibling = Credential(connector="crm", access_token=_tok("ATs"), refresh_token=_tok("RTs"))
-    sleeps: list[float] = []
-
-    async def sleep(delay: float) -> None:  # the sibling's write lands during the grace
-        sleeps.append(delay)
-        if len(sleeps) == 2:
-            assert await store.put(sibling, expected_version=0)
-
-    async with endpoint.http() as http:
-        refresher = TokenRefresher(store, {"crm": _client()}, http=http, sleep=sleep)
-        got = await refresher.refresh("crm", seen_version=old.version)
-    assert got.access_token == sibling.access_token and got.version == 1
-    assert sleeps == [0.5, 0.5]
-
-
-async def test_invalid_grant_without_sibling_is_revoked(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    store = MemoryCredentialStore()
-    old = await _seed(store)
-    endpoint = TokenEndpoint("some-other-token")
-    sleeps: list[float] = []
-
-    async def sleep(delay: float) -> None:
-        sleeps.append(delay)
-
-    async with endpoint.http() as http:
-        refresher = TokenRefresher(store, {"crm": _client()}, http=http, sleep=sleep)
-        with pytest.raises(GrantRevoked) as info:
-            await refresher.refresh("crm")
-    message = str(info.value)
-    assert "'crm'" in message and "reauthorize" in message
-    assert info.value.connector == "crm"
-    assert endpoint.invalid_grants == 1 and sum(sleeps) == pytest.approx(2.0)
-    _assert_no_secrets(message + repr(info.value) + caplog.text, _secret_values(old))
-    stored = await store.get("crm")
-    assert stored is not None and stored.version == 0  # nothing overwritten
-
-
-async def test_missing_refresh_token_is_revoked() -> None:
-    store = MemoryCredentialStore()
-    await store.put(Credential(connector="crm", access_token="a"), expected_version=None)
-    endpoint = TokenEndpoint("x")
-    async with endpoint.http() as http:
-        with pytest.raises(GrantRevoked, match="reauthorize"):
-            await TokenRefresher(store, {"crm": _client()}, http=http).refresh("crm")
-    assert endpoint.calls == 0
-
-
-async def test_lost_cas_returns_the_winner() -> None:
-    """A non-rotating endpoint lets both workers succeed; the store picks one winner."""
-    store = MemoryCredentialStore()
-    old = await _seed(store)
-    endpoint = TokenEndpoint(_rt(old), rotate=False)
-    endpoint.gate = asyncio.Event()
-    winner = old.model_copy(update={"access_token": SecretStr("AT-winner")})
-    async with endpoint.http() as http:
-        task = asyncio.create_task(
-            TokenRefresher(store, {"crm": _client()}, http=http).refresh("crm", seen_version=0)
-        )
-        await endpoint.entered.wait()
-        assert await store.put(winner, expected_version=0)  # another worker stores first
-        endpoint.gate.set()
-        got = await task
-    assert got.access_token.get_secret_value() == "AT-winner" and got.version == 1
-    assert endpoint.successes == 1
-
-
-async def test_keeps_refresh_token_when_not_rotated() -> None:
-    store = MemoryCredentialStore()
-    clock = Clock()
-    old = await _seed(store)
-    endpoint = TokenEndpoint(_rt(old), rotate=False)
-    async with endpoint.http() as http:
-        got = await TokenRefresher(store, {"crm": _client()}, http=http, clock=clock).refresh("crm")
-    assert got.refresh_token == old.refresh_token
-    assert got.expires_at == clock.now + 3600
+async def test_rows_are_keyed_by_connection_and_compare_and_swap() -> None:
+    store = FleetCredentialStore(MemoryFleetState(), KEY)
+    a = Credential(connector="crm", connection="acme", access_token="tok-acme-1")
+    b = Credential(connector="crm", connection="globex", access_token="tok-globex-1")
+    assert await store.put(a, expected_version=None)
+    assert await store.put(b, expected_version=None)
+    assert not await store.put(a, expected_version=None)  # exists already
+    got = await store.get("crm", "acme")
+    assert got is not None and got.access_token.get_secret_value() == "tok-acme-1"
     assert got.version == 1
+    assert await store.put(a.model_copy(update={"access_token": "tok-2"}), expected_version=1)
+    assert not await store.put(a, expected_version=1)  # a sibling wrote version 2
+    other = await store.get("crm", "globex")
+    assert other is not None and other.access_token.get_secret_value() == "tok-globex-1"
+    assert await store.get("crm") is None
+    await store.delete("crm", "acme")
+    assert await store.get("crm", "acme") is None
 
 
-async def test_proactive_refresh_within_leeway() -> None:
-    store = MemoryCredentialStore()
-    clock = Clock()
-    old = await _seed(store, expires_at=clock.now + 120)
-    endpoint = TokenEndpoint(_rt(old))
-    async with endpoint.http() as http:
-        refresher = TokenRefresher(store, {"crm": _client()}, http=http, clock=clock, leeway_s=60)
-        assert await refresher.access_token("crm") == old.access_token.get_secret_value()
-        assert endpoint.calls == 0
-        clock.now += 61  # 59 s left: inside the leeway
-        assert await refresher.access_token("crm") == endpoint.issued[0]
-        assert endpoint.calls == 1
-        assert await refresher.access_token("crm") == endpoint.issued[0]  # fresh for an hour
-        assert endpoint.calls == 1
+async def test_tokens_are_encrypted_at_rest() -> None:
+    fleet = MemoryFleetState()
+    store = FleetCredentialStore(fleet, KEY)
+    cred = Credential(connector="crm", access_token="at-plain-123", refresh_token="rt-plain-456")
+    await store.put(cred, expected_version=None)
+    raw = json.dumps([e.value for e in await fleet.state_list(CREDENTIALS_SPACE)])
+    assert "at-plain-123" not in raw and "rt-plain-456" not in raw
+    assert "sealed" in raw and "crm" in raw
 
 
-async def test_proactive_refresh_failure_keeps_a_still_valid_token() -> None:
-    store = MemoryCredentialStore()
-    clock = Clock()
-    old = await _seed(store, expires_at=clock.now + 30)
-    endpoint = TokenEndpoint(_rt(old))
-    endpoint.fail_with = 503
-    async with endpoint.http() as http:
-        refresher = TokenRefresher(store, {"crm": _client()}, http=http, clock=clock)
-        assert await refresher.access_token("crm") == old.access_token.get_secret_value()
-        clock.now += 61  # expired now, and past the cooldown: the failure must surface
-        with pytest.raises(CredentialError):
-            await refresher.access_token("crm")
-    assert endpoint.calls == 2
+async def test_a_wrong_key_is_named_at_start_up_not_at_call_time() -> None:
+    fleet = MemoryFleetState()
+    await FleetCredentialStore(fleet, KEY).put(
+        Credential(connector="crm", access_token="x"), expected_version=None
+    )
+    other = FleetCredentialStore(fleet, generate_secret_key())
+    with pytest.raises(ConfigError, match="HEALING_SECRET_KEY") as info:
+        await other.check_key()
+    assert "1 of the 1" in str(info.value) and "('crm')" in str(info.value)
+    with pytest.raises(SecretKeyMismatch, match="no reauthorization helps"):
+        await other.get("crm")
 
 
-async def test_access_token_without_credential() -> None:
-    refresher = TokenRefresher(MemoryCredentialStore(), {"crm": _client()})
-    with pytest.raises(CredentialError, match="no credential stored for connector 'crm'"):
-        await refresher.access_token("crm")
-    with pytest.raises(CredentialError, match="no OAuth client"):
-        await refresher.refresh("other")
-    await refresher.aclose()
+def test_a_malformed_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not a Fernet key"):
+        SecretBox("hunter2")
 
 
-async def test_client_credentials_mints_first_token_with_basic_auth() -> None:
-    store = MemoryCredentialStore()
-    endpoint = TokenEndpoint("unused")
-    client = _client(grant="client_credentials", scope="read", auth_method="client_secret_basic")
-    async with endpoint.http() as http:
-        refresher = TokenRefresher(store, {"svc": client}, http=http)
-        assert await refresher.access_token("svc") == endpoint.issued[0]
-    assert endpoint.forms == [{"grant_type": "client_credentials", "scope": "read"}]
-    basic = base64.b64encode(f"app:{CLIENT_SECRET}".encode()).decode()
-    assert endpoint.headers[0]["authorization"] == f"Basic {basic}"
-    stored = await store.get("svc")
-    assert stored is not None and stored.version == 0 and stored.refresh_token is None
-
-
-async def test_cooldown_after_server_error(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    store = MemoryCredentialStore()
-    clock = Clock()
-    old = await _seed(store)
-    endpoint = TokenEndpoint(_rt(old))
-    endpoint.fail_with = 503
-    errors: list[CredentialError] = []
-    async with endpoint.http() as http:
-        refresher = TokenRefresher(store, {"crm": _client()}, http=http, clock=clock, cooldown_s=30)
-        for advance in (0, 29):
-            clock.now += advance
-            with pytest.raises(CredentialError) as info:
-                await refresher.refresh("crm")
-            assert not isinstance(info.value, GrantRevoked)
-            assert isinstance(info.value, TokenEndpointUnavailable)  # transient, not a dead grant
-            errors.append(info.value)
-        assert endpoint.calls == 1  # the second attempt did not call out
-        assert "503" in str(errors[0]) and "failed moments ago" in str(errors[1])
-        assert "retrying" not in str(errors[0])  # nothing retries on its own
-        endpoint.fail_with = None
-        clock.now += 1.5
-        got = await refresher.refresh("crm")
-    assert endpoint.calls == 2 and got.version == 1
-    text = " ".join(str(e) + repr(e) for e in errors) + caplog.text
-    _assert_no_secrets(text, _secret_values(old, got))
-
-
-async def test_network_error_is_transient_and_scrubbed() -> None:
-    store = MemoryCredentialStore()
-    old = await _seed(store)
-    token = _rt(old)
-
-    def boom(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError(f"refused; was sending {token}", request=request)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(boom)) as http:
-        with pytest.raises(CredentialError, match="ConnectError: refused") as info:
-            await TokenRefresher(store, {"crm": _client()}, http=http).refresh("crm")
-    assert not isinstance(info.value, GrantRevoked)
-    assert info.value.__cause__ is None and info.value.__suppress_context__
-    _assert_no_secrets(str(info.value), _secret_values(old))
-
-
-async def test_bearer_auth_sets_header() -> None:
-    seen: list[str] = []
-
-    def echo(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers["authorization"])
-        return httpx.Response(200)
-
-    store = MemoryCredentialStore()
-    cred = await _seed(store)
-    refresher = TokenRefresher(store, {})
-    async with httpx.AsyncClient(transport=httpx.MockTransport(echo)) as http:
-        await http.get("https://api.test/x", auth=refresher.auth("crm"))
-        await http.get("https://api.test/x", auth=BearerAuth(_const("T2")))
-    assert seen == [f"Bearer {cred.access_token.get_secret_value()}", "Bearer T2"]
-
-
-def test_bearer_auth_needs_async_client() -> None:
-    http = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-    with http, pytest.raises(RuntimeError, match="AsyncClient"):
-        http.get("https://api.test/x", auth=BearerAuth(_const("T3")))
-
-
-def _const(value: str) -> Callable[[], Awaitable[str]]:
-    async def get() -> str:
-        return value
-
-    return get
-
-
-# --- a real token endpoint over TCP ------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def _serve(endpoint: TokenEndpoint) -> AsyncIterator[str]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        status, payload = await endpoint.answer(dict(urllib.parse.parse_qsl(body.decode())))
-        data = json.dumps(payload).encode()
-        reason = {200: "OK", 400: "Bad Request"}.get(status, "Error")
-        writer.write(
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
-            + data
+async def test_key_rotation_re_encrypts_every_row() -> None:
+    fleet, new = MemoryFleetState(), generate_secret_key()
+    old_store = FleetCredentialStore(fleet, KEY)
+    for name in ("a", "b", "c"):
+        await old_store.put(
+            Credential(connector=name, access_token=f"t-{name}"), expected_version=None
         )
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/oauth/token"
-    finally:
-        server.close()
-        await server.wait_closed()
+    both = FleetCredentialStore(fleet, f"{new},{KEY}")
+    assert await both.check_key() == 3  # the old rows open with the second key
+    assert await both.rotate() == 3
+    only_new = FleetCredentialStore(fleet, new)
+    await only_new.check_key()
+    got = await only_new.get("b")
+    assert got is not None and got.access_token.get_secret_value() == "t-b"
+    assert await both.rotate() == 0  # nothing left on the old key
 
 
-async def test_real_token_endpoint_rotation_race_and_revocation(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_legacy_file_is_imported_once(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.enc"
+    legacy = FileCredentialStore(path, KEY)
+    await legacy.put(Credential(connector="crm", access_token="file-at"), expected_version=None)
+    await legacy.put(
+        Credential(connector="crm", connection="acme", access_token="file-acme"),
+        expected_version=None,
+    )
+    store = FleetCredentialStore(MemoryFleetState(), KEY)
+    config = HealingConfig(secret_key=KEY)
+    assert await import_credential_file(store, config, path) == 2
+    assert await import_credential_file(store, config, path) == 0  # already there
+    got = await store.get("crm", "acme")
+    assert got is not None and got.access_token.get_secret_value() == "file-acme"
+
+
+# -- single flight across workers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("reuse_detection", [False, True])
+async def test_one_token_call_for_a_stampede_of_two_workers(
+    chaos: ChaosAPI, reuse_detection: bool
 ) -> None:
-    """Two workers (own store instance, own refresher, own HTTP client) on one encrypted file.
-
-    The server holds the first request until the second arrives, so both present the same
-    refresh token: one wins, the other gets invalid_grant and must adopt the winner's token.
-    """
-    caplog.set_level(logging.DEBUG)
-    path = tmp_path / "creds.enc"
-    old = await _seed(FileCredentialStore(path, KEY))
-    endpoint = TokenEndpoint(_rt(old), hold=2)
-    async with _serve(endpoint) as url:
-        clients = {"crm": _client(url)}
-        tasks: list[asyncio.Task[Credential]] = []
-
-        async def grace(delay: float) -> None:
-            """Time passes until the sibling's write lands (the loser's own task cannot end)."""
-            await asyncio.wait(tasks, timeout=5, return_when=asyncio.FIRST_COMPLETED)
-
-        workers = [
-            TokenRefresher(FileCredentialStore(path, KEY), clients, sleep=grace) for _ in range(2)
-        ]
-        try:
-            tasks += [asyncio.create_task(w.refresh("crm", seen_version=0)) for w in workers]
-            a, b = await asyncio.gather(*tasks)
-            assert (endpoint.successes, endpoint.invalid_grants) == (1, 1)
-            assert a.access_token == b.access_token
-            assert a.access_token.get_secret_value() == endpoint.issued[0]
-            assert a.version == b.version == 1
-
-            endpoint.hold = 0  # the rotated refresh token works once more
-            c = await workers[1].refresh("crm", seen_version=1)
-            assert c.version == 2 and endpoint.successes == 2
-
-            # A worker restores a stale credential (its refresh token was used): no sibling
-            # rotates it, so the grant is declared dead.
-            assert await FileCredentialStore(path, KEY).put(old, expected_version=2)
-            with pytest.raises(GrantRevoked, match="reauthorize") as info:
-                await TokenRefresher(
-                    FileCredentialStore(path, KEY), clients, sleep=_yield_sleep
-                ).refresh("crm")
-        finally:
-            for w in workers:
-                await w.aclose()
-    blob = path.read_bytes()
-    values = _secret_values(old, a, c)
-    _assert_no_secrets(str(info.value) + repr(info.value) + caplog.text, values)
-    for value in values:
-        assert value.encode() not in blob
+    chaos.set_refresh_policy(reuse_detection=reuse_detection)
+    fleet = MemoryFleetState()
+    first, second = _workers(fleet, chaos)
+    stale = await _seed(first._store, chaos)  # type: ignore[arg-type]
+    got = await asyncio.gather(
+        *(w.refresh("crm", seen_version=stale.version) for w in (first, second) * 25)
+    )
+    stats = chaos.stats()
+    assert stats.token_calls == 1 and stats.refresh_token_reuses == 0
+    assert {c.version for c in got} == {stale.version + 1}
+    assert got[0].access_token.get_secret_value() == chaos.access_token
+    for w in (first, second):
+        await w.aclose()
 
 
-class ShortLivedEndpoint(TokenEndpoint):
-    """Issues tokens with the given ``expires_in`` (a vendor's honest or absurd value)."""
-
-    def __init__(self, refresh_token: str, expires_in: Any) -> None:
-        super().__init__(refresh_token)
-        self.expires_in = expires_in
-
-    async def answer(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        status, payload = await super().answer(form)
-        if status == 200:
-            payload["expires_in"] = self.expires_in
-        return status, payload
-
-
-async def test_a_short_lived_token_is_not_refreshed_on_every_call() -> None:
-    # 30 s tokens: a fixed 60 s leeway would refresh on every call; a tenth of the lifetime
-    # refreshes 3 s before expiry.
-    store, clock = MemoryCredentialStore(), Clock()
-    old = await _seed(store, expires_at=clock.now - 1)
-    endpoint = ShortLivedEndpoint(_rt(old), 30)
-    async with endpoint.http() as http:
-        refresher = TokenRefresher(store, {"crm": _client()}, http=http, clock=clock)
-        first = await refresher.access_token("crm")
-        for _ in range(5):
-            clock.now += 5  # 25 s of a 30 s token
-            assert await refresher.access_token("crm") == first
-        assert endpoint.calls == 1
-        clock.now += 3  # 2 s left: inside the 3 s leeway
-        assert await refresher.access_token("crm") != first
-        assert endpoint.calls == 2
+async def test_a_dead_grant_costs_one_token_call_and_fails_every_waiter(chaos: ChaosAPI) -> None:
+    fleet = MemoryFleetState()
+    workers = _workers(fleet, chaos, 3)
+    stale = await _seed(workers[0]._store, chaos)  # type: ignore[arg-type]
+    chaos.revoke_grant()
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(w.refresh("crm", seen_version=stale.version) for w in workers * 10),
+        return_exceptions=True,
+    )
+    assert time.monotonic() - started < 5
+    assert all(isinstance(r, GrantRevoked) for r in results), results
+    assert chaos.stats().token_calls == 1
+    assert "healing credentials authorize crm" in str(results[0])
+    # A later call, in any worker, reads the shared verdict: no token call.
+    with pytest.raises(GrantRevoked):
+        await workers[1].credential("crm")
+    assert chaos.stats().token_calls == 1
 
 
-@pytest.mark.parametrize("expires_in", [-3600, 0, "soon", 10**12, "NaN"])
-async def test_absurd_expires_in_is_ignored_with_a_warning(
+async def test_a_still_valid_token_serves_while_the_proactive_refresh_fails(
+    chaos: ChaosAPI,
+) -> None:
+    chaos.set_plan(
+        FaultPlan(rules=(FaultRule(path="/oauth/token", faults=(StatusFault(status=500),)),))
+    )
+    fleet = MemoryFleetState()
+    (worker,) = _workers(fleet, chaos, 1)
+    # 30 s left of a one-hour token: inside the 60 s leeway.
+    cred = await _seed(worker._store, chaos, expires_in=30)  # type: ignore[arg-type]
+    got = await worker.credential("crm")
+    assert got.version == cred.version  # the 500: the current token, no error
+    assert chaos.stats().calls_to("POST", "/oauth/token") == 1
+    # The back-off is shared: nobody calls again for backoff_s; later the refresh works.
+    await worker.credential("crm")
+    assert chaos.stats().calls_to("POST", "/oauth/token") == 1
+    await asyncio.sleep(2.1)
+    assert (await worker.credential("crm")).version == cred.version + 1
+    await worker.aclose()
+
+
+async def test_an_expired_token_with_a_failing_endpoint_is_transient(chaos: ChaosAPI) -> None:
+    chaos.set_plan(
+        FaultPlan(rules=(FaultRule(path="/oauth/token", always=StatusFault(status=503)),))
+    )
+    fleet = MemoryFleetState()
+    workers = _workers(fleet, chaos, 2)
+    stale = await _seed(workers[0]._store, chaos)  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        *(w.refresh("crm", seen_version=stale.version) for w in workers * 5),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, TokenEndpointUnavailable) for r in results), results
+    assert "503" in str(results[0])
+    assert chaos.stats().calls_to("POST", "/oauth/token") == 1  # the others read the verdict
+    stored = await workers[0]._store.get("crm")
+    assert stored is not None and stored.revoked is None  # never a dead grant
+
+
+async def test_a_slow_rotation_is_waited_for_not_called_twice(chaos: ChaosAPI) -> None:
+    chaos.set_refresh_policy(reuse_detection=True)
+    chaos.set_plan(
+        FaultPlan(rules=(FaultRule(path="/oauth/token", faults=(LatencyFault(delay_ms=2500),)),))
+    )
+    fleet = MemoryFleetState()
+    workers = _workers(fleet, chaos, 2)
+    stale = await _seed(workers[0]._store, chaos)  # type: ignore[arg-type]
+    got = await asyncio.gather(*(w.refresh("crm", seen_version=stale.version) for w in workers * 5))
+    assert {c.version for c in got} == {stale.version + 1}
+    stats = chaos.stats()
+    assert stats.token_calls == 1 and stats.refresh_token_reuses == 0 and stats.invalid_grants == 0
+
+
+async def test_an_answer_lost_to_a_timeout_heals_in_the_reuse_interval(chaos: ChaosAPI) -> None:
+    """The endpoint rotates after the client gave up; Auth0/Okta keep the previous token valid
+    for a reuse interval, so the retry gets a fresh pair instead of a dead grant."""
+    chaos.set_refresh_policy(reuse_detection=True, reuse_interval_s=30)
+    chaos.set_plan(
+        FaultPlan(rules=(FaultRule(path="/oauth/token", faults=(LatencyFault(delay_ms=1500),)),))
+    )
+    store = FleetCredentialStore(MemoryFleetState(), KEY)
+    worker = TokenRefresher(store, {"crm": _client(chaos, timeout_s=0.5)}, backoff_s=0.0)
+    stale = await _seed(store, chaos)
+    with pytest.raises(TokenEndpointUnavailable, match="no answer within"):
+        await worker.refresh("crm", seen_version=stale.version)
+    await asyncio.sleep(1.2)  # the server rotates now, after the client gave up
+    got = await worker.refresh("crm", seen_version=stale.version)
+    assert got.version == stale.version + 1
+    stats = chaos.stats()
+    assert stats.reuses_in_grace == 1 and stats.reuse_revocations == 0
+    await worker.aclose()
+
+
+async def test_two_connections_keep_separate_tokens(chaos: ChaosAPI) -> None:
+    fleet = MemoryFleetState()
+    (worker,) = _workers(fleet, chaos, 1)
+    store = worker._store
+    acme = await _seed(store, chaos, connection="acme")  # type: ignore[arg-type]
+    globex = await _seed(store, chaos, connection="globex")  # type: ignore[arg-type]
+    chaos.revoke_grant("acme")
+    with pytest.raises(GrantRevoked, match="--connection acme"):
+        await worker.refresh("crm", "acme", seen_version=acme.version)
+    fresh = await worker.refresh("crm", "globex", seen_version=globex.version)
+    assert fresh.version == globex.version + 1
+    assert fresh.access_token.get_secret_value() == chaos.tokens_of("globex")[0]
+    dead = await store.get("crm", "acme")
+    assert dead is not None and dead.revoked is not None
+    await worker.aclose()
+
+
+async def test_a_short_lived_token_is_not_refreshed_on_every_call(chaos: ChaosAPI) -> None:
+    fleet = MemoryFleetState()
+    (worker,) = _workers(fleet, chaos, 1)
+    await _seed(worker._store, chaos, expires_in=20, lifetime=30)  # type: ignore[arg-type]
+    await worker.credential("crm")  # 20 s left of 30: the leeway is 3 s, not 60
+    assert chaos.stats().token_calls == 0
+    await worker.aclose()
+
+
+# -- protocol details (authlib) -------------------------------------------------------------
+
+
+def _capture(answer: dict[str, Any], status: int = 200) -> tuple[list[httpx.Request], Any]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, json=answer)
+
+    return seen, httpx.MockTransport(handler)
+
+
+def _mock_client(**kw: Any) -> OAuthClient:
+    return OAuthClient(token_url="https://auth.test/token", client_id="app", **kw)
+
+
+async def _one_refresh(client: OAuthClient, transport: Any) -> Credential:
+    store = MemoryCredentialStore()
+    await store.put(
+        Credential(connector="crm", access_token="old", refresh_token="rt-1", expires_at=0),
+        expected_version=None,
+    )
+    async with TokenRefresher(store, {"crm": client}, transport=transport) as refresher:
+        return await refresher.refresh("crm")
+
+
+@pytest.mark.parametrize("method", ["client_secret_post", "client_secret_basic"])
+async def test_client_authentication_methods(method: str) -> None:
+    seen, transport = _capture({"access_token": "new", "expires_in": 60})
+    client = _mock_client(client_secret="s3cret-value", auth_method=method)
+    await _one_refresh(client, transport)
+    form = dict(httpx.QueryParams(seen[0].content.decode()))
+    assert form["grant_type"] == "refresh_token" and form["refresh_token"] == "rt-1"
+    if method == "client_secret_basic":
+        assert seen[0].headers["authorization"].startswith("Basic ")
+        assert "client_secret" not in form
+    else:
+        assert form["client_secret"] == "s3cret-value" and "authorization" not in seen[0].headers
+
+
+async def test_private_key_jwt_sends_a_signed_assertion() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    seen, transport = _capture({"access_token": "new"})
+    await _one_refresh(_mock_client(private_key=pem, auth_method="private_key_jwt"), transport)
+    form = dict(httpx.QueryParams(seen[0].content.decode()))
+    assert form["client_assertion_type"].endswith("jwt-bearer")
+    assert form["client_assertion"].count(".") == 2 and "client_secret" not in form
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        ({"token_type": "Bearer"}, "without an access_token"),
+        (["not", "an", "object"], "not a JSON object"),
+    ],
+)
+async def test_malformed_answers_are_transient_and_named(answer: Any, said: str) -> None:
+    _, transport = _capture(answer)
+    with pytest.raises(TokenEndpointUnavailable, match=said):
+        await _one_refresh(_mock_client(), transport)
+
+
+@pytest.mark.parametrize("expires_in", [-3600, 0, "soon", 10**12])
+async def test_absurd_expires_in_is_ignored(
     expires_in: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store, clock = MemoryCredentialStore(), Clock()
-    old = await _seed(store, expires_at=clock.now - 1)
-    endpoint = ShortLivedEndpoint(_rt(old), expires_in)
-    async with endpoint.http() as http:
-        refresher = TokenRefresher(store, {"crm": _client()}, http=http, clock=clock)
-        token = await refresher.access_token("crm")
-        # Not stored as already expired: the next call uses it instead of refreshing again.
-        assert await refresher.access_token("crm") == token
-    assert endpoint.calls == 1
-    stored = await store.get("crm")
-    assert stored is not None and stored.expires_at is None
-    assert "expires_in" in caplog.text
+    _, transport = _capture({"access_token": "new", "expires_in": expires_in})
+    cred = await _one_refresh(_mock_client(), transport)
+    assert cred.expires_at is None and "expires_in" in caplog.text
 
 
-def test_catalog_auth_method_reaches_the_oauth_client() -> None:
-    from healing.catalog import ConnectorCatalog
+async def test_secrets_never_reach_the_error_text() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"refused while sending {request.content.decode()}")
 
-    catalog = ConnectorCatalog.from_dict(
-        {
-            "connectors": {
-                "crm": {
-                    "base_url": "https://api.example.test",
-                    "auth": {
-                        "kind": "oauth2",
-                        "token_url": "https://auth.example.test/token",
-                        "client_id": "app",
-                        "auth_method": "client_secret_basic",
-                    },
-                }
-            }
-        }
+    with pytest.raises(TokenEndpointUnavailable) as info:
+        await _one_refresh(_mock_client(client_secret="s3cret-value"), httpx.MockTransport(handler))
+    assert "rt-1" not in str(info.value) and "s3cret-value" not in str(info.value)
+
+
+# -- re-authorization with PKCE --------------------------------------------------------------
+
+
+async def test_authorize_with_pkce_replaces_a_dead_grant(chaos: ChaosAPI) -> None:
+    fleet = MemoryFleetState()
+    (worker,) = _workers(fleet, chaos, 1)
+    store = worker._store
+    stale = await _seed(store, chaos, connection="acme")  # type: ignore[arg-type]
+    chaos.revoke_grant("acme")
+    with pytest.raises(GrantRevoked):
+        await worker.refresh("crm", "acme", seen_version=stale.version)
+    follow: list[asyncio.Task[httpx.Response]] = []
+
+    async def human(url: str) -> httpx.Response:
+        assert "code_challenge=" in url and "code_challenge_method=S256" in url
+        async with httpx.AsyncClient(follow_redirects=True) as browser:
+            return await browser.get(f"{url}&login_hint=acme")  # the account logged into
+
+    done = await authorize(
+        _client(chaos),
+        store,  # type: ignore[arg-type]
+        connector="crm",
+        connection="acme",
+        show_url=lambda url: follow.append(asyncio.ensure_future(human(url))),
+        timeout_s=10,
     )
-    assert catalog.connector("crm").auth.auth_method == "client_secret_basic"
-    with pytest.raises(ConfigError, match="auth_method"):
-        ConnectorCatalog.from_dict(
-            {
-                "connectors": {
-                    "crm": {
-                        "base_url": "https://api.example.test",
-                        "auth": {
-                            "kind": "oauth2",
-                            "token_url": "https://auth.example.test/token",
-                            "client_id": "app",
-                            "auth_method": "telepathy",
-                        },
-                    }
-                }
-            }
+    assert (await follow[0]).status_code == 200
+    assert done.credential.revoked is None and done.credential.version == stale.version + 2
+    assert done.credential.access_token.get_secret_value() == chaos.tokens_of("acme")[0]
+    assert chaos.stats().authorizations == 1
+    assert (await worker.credential("crm", "acme")).version == done.credential.version
+    await worker.aclose()
+
+
+async def test_authorize_ignores_forged_and_stray_redirects(chaos: ChaosAPI) -> None:
+    """Redirects with another state (a forged code or error) or to another path neither end
+    the flow nor fail it; the genuine redirect that follows completes it."""
+    store = MemoryCredentialStore()
+    statuses: list[int] = []
+
+    async def forged_then_human(url: str) -> None:
+        redirect = httpx.URL(url).params["redirect_uri"]
+        state = httpx.URL(url).params["state"]
+        base = redirect.rsplit("/", 1)[0]
+        async with httpx.AsyncClient() as browser:
+            for target, params in (
+                (redirect, {"code": "x", "state": "forged"}),
+                (redirect, {"error": "access_denied", "state": "forged"}),
+                (redirect, {"code": "x"}),
+                (f"{base}/favicon.ico", {"code": "x", "state": state}),
+            ):
+                statuses.append((await browser.get(target, params=params)).status_code)
+        async with httpx.AsyncClient(follow_redirects=True) as browser:
+            statuses.append((await browser.get(url)).status_code)
+
+    tasks: list[asyncio.Task[None]] = []
+    done = await authorize(
+        _client(chaos),
+        store,
+        connector="crm",
+        show_url=lambda url: tasks.append(asyncio.ensure_future(forged_then_human(url))),
+        timeout_s=10,
+    )
+    await asyncio.gather(*tasks)
+    assert statuses == [400, 400, 400, 404, 200]
+    assert done.credential.access_token.get_secret_value() == chaos.tokens_of("default")[0]
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (httpx.Response(503, text="down"), "token endpoint is unavailable"),
+        (httpx.Response(200, json={"token_type": "Bearer"}), "without a usable access_token"),
+        (httpx.Response(400, json={"error": "invalid_grant"}), "refused the authorization code"),
+    ],
+)
+async def test_a_failed_code_exchange_is_named(
+    chaos: ChaosAPI, answer: httpx.Response, said: str
+) -> None:
+    store = MemoryCredentialStore()
+    tasks: list[asyncio.Task[httpx.Response]] = []
+
+    async def human(url: str) -> httpx.Response:
+        async with httpx.AsyncClient(follow_redirects=True) as browser:
+            return await browser.get(url)
+
+    with pytest.raises(CredentialError, match=said):
+        await authorize(
+            _client(chaos),
+            store,
+            connector="crm",
+            show_url=lambda url: tasks.append(asyncio.ensure_future(human(url))),
+            timeout_s=10,
+            transport=httpx.MockTransport(lambda request: answer),
         )
+    await asyncio.gather(*tasks)
+    assert await store.get("crm") is None
+
+
+async def test_a_dead_lease_holder_is_outlived_not_waited_for_forever(chaos: ChaosAPI) -> None:
+    """A holder that died mid-refresh (its lease left behind) blocks nobody for long: a waiter
+    gives up (transient) once a live holder would have answered, and the first attempt after
+    the lease's time to live refreshes once."""
+    fleet = MemoryFleetState()
+    now = [time.time()]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds  # the waiter's clock moves; no real waiting
+        await asyncio.sleep(0)
+
+    store = FleetCredentialStore(fleet, KEY)
+    stale = await _seed(store, chaos)
+    ttl = _client(chaos).timeout_s + LEASE_MARGIN_S
+    assert await fleet.lease_take("token-refresh:crm/default", "dead-worker", ttl_s=ttl, now=now[0])
+    worker = TokenRefresher(
+        store, {"crm": _client(chaos)}, clock=lambda: now[0], sleep=sleep, poll_s=0.5
+    )
+    started = now[0]
+    with pytest.raises(TokenEndpointUnavailable, match="did not finish"):
+        await worker.refresh("crm", seen_version=stale.version)
+    assert now[0] - started <= _client(chaos).timeout_s + 11  # not the whole lease
+    assert chaos.stats().token_calls == 0
+    now[0] = started + ttl  # the workflow's next attempt, after the lease expired
+    got = await worker.refresh("crm", seen_version=stale.version)
+    assert got.version == stale.version + 1
+    assert chaos.stats().token_calls == 1
+    await worker.aclose()
+
+
+# -- second review: lease, verdicts, rotation, import --------------------------------------
+
+
+class _SlowFirstWrite(MemoryFleetState):
+    """A store whose next credential write with a version check takes ``delay`` seconds (a
+    PG pool starved by pacing, event log, breaker...)."""
+
+    delay = 0.0
+
+    async def state_put(self, space: str, key: str, value: Any, **kw: Any) -> int | None:
+        if self.delay and space == CREDENTIALS_SPACE and kw.get("expected_version") is not None:
+            delay, self.delay = self.delay, 0.0
+            await asyncio.sleep(delay)
+        return await super().state_put(space, key, value, **kw)
+
+
+async def test_a_holder_slowed_by_the_store_keeps_its_lease(chaos: ChaosAPI) -> None:
+    """The holder's write outlasts the lease's lifetime: it renews the lease meanwhile, so a
+    sibling never sends the refresh token the holder already used (reuse detection on)."""
+    chaos.set_refresh_policy(reuse_detection=True)
+    fleet = _SlowFirstWrite()
+    stale = await _seed(FleetCredentialStore(fleet, KEY), chaos)
+    holder, sibling = (
+        TokenRefresher(
+            FleetCredentialStore(fleet, KEY),
+            {"crm": _client(chaos, timeout_s=0.5)},
+            poll_s=0.05,
+            lease_ttl_s=0.6,
+        )
+        for _ in range(2)
+    )
+    fleet.delay = 1.5  # 2.5 lease lifetimes
+
+    async def later() -> Credential:
+        await asyncio.sleep(0.2)
+        return await sibling.refresh("crm", seen_version=stale.version)
+
+    got = await asyncio.gather(holder.refresh("crm", seen_version=stale.version), later())
+    stats = chaos.stats()
+    assert (stats.token_calls, stats.refresh_token_reuses, stats.reuse_revocations) == (1, 0, 0)
+    assert [c.version for c in got] == [stale.version + 1] * 2
+    for w in (holder, sibling):
+        await w.aclose()
+
+
+async def test_a_holder_whose_write_loses_to_a_dead_verdict_raises_it() -> None:
+    """The holder's write lost the version race to a revoked row: it raises the verdict
+    instead of handing out the dead row as a fresh token."""
+    fleet = MemoryFleetState()
+    store = FleetCredentialStore(fleet, KEY)
+    await store.put(
+        Credential(connector="crm", access_token="at-1", refresh_token="rt-1", expires_at=0),
+        expected_version=None,
+    )
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        current = await store.get("crm")
+        assert current is not None
+        await store.put(
+            current.model_copy(update={"revoked": "a sibling saw invalid_grant"}),
+            expected_version=current.version,
+        )
+        return httpx.Response(200, json={"access_token": "at-2", "refresh_token": "rt-2"})
+
+    worker = TokenRefresher(
+        store,
+        {"crm": OAuthClient(token_url="https://a.test/t", client_id="x")},
+        transport=httpx.MockTransport(handler),
+    )
+    with pytest.raises(GrantRevoked, match="a sibling saw invalid_grant"):
+        await worker.refresh("crm", seen_version=1)
+    await worker.aclose()
+
+
+async def test_a_dead_grant_verdict_yields_to_a_reauthorization_in_between() -> None:
+    """invalid_grant for the old token while a human stored new tokens: the verdict loses
+    the version race and the caller gets the human's tokens, not a false escalation."""
+    store = FleetCredentialStore(MemoryFleetState(), KEY)
+    await store.put(
+        Credential(connector="crm", access_token="at-1", refresh_token="rt-1", expires_at=0),
+        expected_version=None,
+    )
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        current = await store.get("crm")
+        assert current is not None
+        human = Credential(connector="crm", access_token="at-human", refresh_token="rt-human")
+        assert await store.put(human, expected_version=current.version)
+        return httpx.Response(400, json={"error": "invalid_grant"})
+
+    worker = TokenRefresher(
+        store,
+        {"crm": OAuthClient(token_url="https://a.test/t", client_id="x")},
+        transport=httpx.MockTransport(handler),
+    )
+    got = await worker.refresh("crm", seen_version=1)
+    assert got.version == 2 and got.access_token.get_secret_value() == "at-human"
+    assert got.revoked is None
+    await worker.aclose()
+
+
+def _refusing(calls: list[bytes], error: str = "invalid_client") -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.content)
+        return httpx.Response(401, json={"error": error, "error_description": "client disabled"})
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize(
+    "error", ["invalid_client", "unauthorized_client", "invalid_scope", "invalid_request"]
+)
+async def test_a_refused_client_is_one_token_call_for_every_waiter(error: str) -> None:
+    fleet = MemoryFleetState()
+    await FleetCredentialStore(fleet, KEY).put(
+        Credential(
+            connector="crm", access_token="at-1-value", refresh_token="rt-1-value", expires_at=0
+        ),
+        expected_version=None,
+    )
+    calls: list[bytes] = []
+    client = OAuthClient(token_url="https://a.test/t", client_id="x", client_secret="s-value")
+    workers = [
+        TokenRefresher(
+            FleetCredentialStore(fleet, KEY), {"crm": client}, transport=_refusing(calls, error)
+        )
+        for _ in range(2)
+    ]
+    got = await asyncio.gather(
+        *(w.refresh("crm", seen_version=1) for w in workers * 15), return_exceptions=True
+    )
+    assert len(calls) == 1
+    assert all(isinstance(g, GrantRevoked) for g in got)
+    assert all("check the client settings" in str(g) for g in got)
+    for w in workers:
+        await w.aclose()
+
+
+async def test_a_refused_proactive_refresh_keeps_serving_the_valid_token() -> None:
+    """invalid_client inside the early-refresh window: calls go on with the still-valid token,
+    and the fleet asks the endpoint once per back-off, not once per call."""
+    now = [1_000_000.0]
+    store = FleetCredentialStore(MemoryFleetState(), KEY)
+    await store.put(
+        Credential(
+            connector="crm",
+            access_token="at-still-valid",
+            refresh_token="rt-1-value",
+            issued_at=now[0] - 590,
+            expires_at=now[0] + 10,  # within 10% of a 600 s lifetime
+        ),
+        expected_version=None,
+    )
+    calls: list[bytes] = []
+    client = OAuthClient(token_url="https://a.test/t", client_id="x", client_secret="s-value")
+    worker = TokenRefresher(
+        store, {"crm": client}, transport=_refusing(calls), clock=lambda: now[0]
+    )
+    for _ in range(20):
+        assert await worker.access_token("crm") == "at-still-valid"
+    assert len(calls) == 1
+    await worker.aclose()
+
+
+class _OldKeyWorker(MemoryFleetState):
+    """A fleet where a worker still running with only the old key rewrites a row ``times``
+    times, each right before the rotation's write."""
+
+    def __init__(self, old_key: str, times: int) -> None:
+        super().__init__()
+        self.old = FleetCredentialStore(self, old_key)
+        self.times = times
+        self.inside = False
+
+    async def state_put(self, space: str, key: str, value: Any, **kw: Any) -> int | None:
+        if (
+            self.times
+            and not self.inside
+            and space == CREDENTIALS_SPACE
+            and kw.get("expected_version") is not None
+        ):
+            self.times -= 1
+            cred = await self.old.get("crm")
+            assert cred is not None
+            self.inside = True  # the old worker's own write goes straight through
+            try:
+                await self.old.put(cred, expected_version=cred.version)
+            finally:
+                self.inside = False
+        return await super().state_put(space, key, value, **kw)
+
+
+async def test_rotation_retries_rows_a_worker_rewrote_with_the_old_key() -> None:
+    new = generate_secret_key()
+    fleet = _OldKeyWorker(KEY, times=2)
+    fleet.times, times = 0, fleet.times
+    await fleet.old.put(Credential(connector="crm", access_token="t-crm"), expected_version=None)
+    fleet.times = times
+    both = FleetCredentialStore(fleet, f"{new},{KEY}")
+    await both.rotate()
+    only_new = FleetCredentialStore(fleet, new)
+    await only_new.check_key()  # every row is on the new key
+    got = await only_new.get("crm")
+    assert got is not None and got.access_token.get_secret_value() == "t-crm"
+
+
+async def test_rotation_names_rows_an_old_key_worker_keeps_rewriting() -> None:
+    new = generate_secret_key()
+    fleet = _OldKeyWorker(KEY, times=0)
+    await fleet.old.put(Credential(connector="crm", access_token="t-crm"), expected_version=None)
+    fleet.times = 100
+    with pytest.raises(ConfigError, match=r"still sealed with an older key.*'crm'"):
+        await FleetCredentialStore(fleet, f"{new},{KEY}").rotate()
+
+
+def test_a_key_mismatch_is_a_setup_error_not_an_auth_error() -> None:
+    from healing.classify import classify_error, detect_error
+    from healing.escalation import options_for
+    from healing.types import ErrorType
+
+    failure = detect_error(SecretKeyMismatch("cannot decrypt", connector="crm"), connector="crm")
+    assert failure is not None
+    verdict = classify_error(failure)
+    assert verdict.error_type is ErrorType.INTERNAL_ERROR
+    options = [o.option for o in options_for(verdict.error_type, ())]
+    assert "reauthorized" not in options
+
+
+async def test_a_legacy_file_of_the_old_key_imports_while_rotating(tmp_path: Path) -> None:
+    new = generate_secret_key()
+    path = tmp_path / "credentials.enc"
+    await FileCredentialStore(path, KEY).put(
+        Credential(connector="crm", access_token="file-at"), expected_version=None
+    )
+    store = FleetCredentialStore(MemoryFleetState(), f"{new},{KEY}")
+    config = HealingConfig(secret_key=f"{new},{KEY}")
+    assert await import_credential_file(store, config, path) == 1
+
+
+async def test_start_up_imports_a_legacy_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credential deleted from the store does not come back from the file at the next
+    start-up (its refresh token may be rotated away); a file no key opens only warns."""
+    from healing.runner import prepare_credentials
+
+    path = tmp_path / "credentials.enc"
+    await FileCredentialStore(path, KEY).put(
+        Credential(connector="crm", access_token="file-at", refresh_token="file-rt"),
+        expected_version=None,
+    )
+    monkeypatch.setenv("HEALING_CREDENTIALS_FILE", str(path))
+    fleet = MemoryFleetState()
+    config = HealingConfig(secret_key=KEY)
+    store = FleetCredentialStore(fleet, KEY)
+    await prepare_credentials(config, None, fleet)
+    assert await store.get("crm") is not None
+    await store.delete("crm")
+    await prepare_credentials(config, None, fleet)  # the next start-up
+    assert await store.get("crm") is None
+    other = HealingConfig(secret_key=generate_secret_key())
+    await prepare_credentials(other, None, MemoryFleetState())  # warns, does not raise
+
+
+# -- connection names ------------------------------------------------------------------------
+
+
+def test_only_call_integration_names_the_refresh_connection() -> None:
+    """A user activity's ``connection`` field (e.g. a DSN) is no credential connection."""
+    from types import SimpleNamespace
+
+    from healing.interceptor._workflow_outbound import _connection_of
+
+    def start(activity: str, arg: Any) -> Any:
+        return SimpleNamespace(activity=activity, args=[arg])
+
+    assert _connection_of(start("call_integration", {"connection": "acme"})) == "acme"
+    assert _connection_of(start("call_integration", {"connection": "default"})) is None
+    dsn = {"connection": "postgresql://bob:pw@db/x"}
+    assert _connection_of(start("load_rows", dsn)) is None
+    assert _connection_of(start("call_integration", dsn)) is None  # not a valid name
+
+
+@pytest.mark.parametrize("bad", ["a b", "$(touch x)", "-rf", "acme;ls", "x" * 129])
+def test_connection_names_are_checked_where_calls_start(bad: str) -> None:
+    from pydantic import ValidationError
+
+    from activities.integration import CallRequest
+    from workflows.integration import Step
+
+    for model in (Step, CallRequest):
+        with pytest.raises(ValidationError, match="connection name is 1-128"):
+            model(connector="crm", operation="get", connection=bad)
+
+
+def test_the_authorize_command_in_an_escalation_is_shell_quoted() -> None:
+    import shlex
+
+    from healing.oauth import authorize_hint
+
+    hint = authorize_hint("crm", "bob@acme.io").strip("`")
+    assert shlex.split(hint)[-2:] == ["--connection", "bob@acme.io"]
+    assert shlex.split(authorize_hint("my crm").strip("`"))[-1] == "my crm"
+
+
+async def test_the_key_is_checked_once_at_start_up() -> None:
+    """prepare_credentials checks the key through the refresher; the plugin's check when the
+    worker starts is then a no-op, not a second pass over every row."""
+    from healing.runner import prepare_credentials
+
+    class Counting(MemoryFleetState):
+        lists = 0
+
+        async def state_list(self, space: str, **kw: Any) -> Any:
+            if space == CREDENTIALS_SPACE:
+                self.lists += 1
+            return await super().state_list(space, **kw)
+
+    fleet = Counting()
+    worker = TokenRefresher(FleetCredentialStore(fleet, KEY), {})
+    await prepare_credentials(HealingConfig(secret_key=KEY), worker, fleet)
+    await worker.check()  # what HealingPlugin.run_worker does
+    assert fleet.lists == 1

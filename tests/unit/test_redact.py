@@ -54,6 +54,15 @@ SECRET_CASES = [
     (f"opaque {OPAQUE} end", OPAQUE, "opaque"),
     (f"token {OPAQUE}.", OPAQUE, "token"),
     ("Cookie: session=abc123; theme=dark", "abc123", "Cookie"),
+    # Passwords in URLs, and key names percent-encoded (a URL nested in a query string).
+    ("cannot reach postgresql://healing:pw-9x@db:5432/h", "pw-9x", "postgresql://healing:"),
+    ("proxy https://bob:hunter22@proxy.local:3128 refused", "hunter22", "@proxy.local:3128"),
+    # An unencoded "@" in the password: everything up to the host's "@" is the password.
+    ("cannot reach postgresql://bob:pa@ss9x@db/x", "ss9x", "@db/x"),
+    ("next=https%3A%2F%2Fapp%2Fcb%3Faccess%5Ftoken%3Dtok77%26s%3D1", "tok77", "%26s%3D1"),
+    ("body refresh%5Ftoken=rt-55&grant_type=x", "rt-55", "grant_type=x"),
+    ("client%5Fsecret%3Dcs-1%26client%5Fid%3Dapp", "cs-1", "client%5Fid%3Dapp"),
+    ("x%2Dapi%2Dkey=k-123 sent", "k-123", "sent"),
 ]
 
 
@@ -86,6 +95,8 @@ ORDINARY = [
     "httpx.ReadTimeout: timed out after 10.0 s",
     "The request has been throttled",
     "TotalRequests Limit exceeded.",
+    "mailto:support@example.com or https://example.com/a:b/c@d",
+    "postgresql://healing@db:5432/h has no password",
     "",
 ]
 
