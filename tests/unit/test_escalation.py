@@ -13,7 +13,13 @@ from healing.escalation import (
     options_for,
     to_markdown,
 )
-from healing.types import Classification, ErrorType, EscalationDecision, HealingStrategy
+from healing.types import (
+    Classification,
+    ErrorType,
+    Escalation,
+    EscalationDecision,
+    HealingStrategy,
+)
 
 
 def names(error_type: ErrorType, alternatives: list[str]) -> list[str]:
@@ -165,3 +171,33 @@ def test_apply_patch_names_what_does_not_fit(
 ) -> None:
     with pytest.raises(DecisionError, match=message):
         apply_patch(args, patch)
+
+
+def _drift_escalation(default: str, *, resend_safe: bool) -> Escalation:
+    cls = Classification(
+        error_type=ErrorType.SCHEMA_MISMATCH, transient=False, retryable=False,
+        strategy=HealingStrategy.ESCALATE, max_attempts=0, message="drift",
+    )  # fmt: skip
+    return build_escalation(
+        escalation_id="e1", workflow_id="w", activity="call_integration", connector="crm",
+        operation="create_contact", classification=cls, attempts=[], reason="r",
+        alternatives=[], opened_at=datetime(2026, 1, 1, tzinfo=UTC), timeout_s=60,
+        default_option=default,  # type: ignore[arg-type]
+        proposal={"mapping_id": "m-0123456789"}, resend_safe=resend_safe,
+    )  # fmt: skip
+
+
+def test_a_held_write_review_never_offers_to_send_the_request_again() -> None:
+    write = _drift_escalation("retry", resend_safe=False)
+    assert [o.option for o in write.options] == ["accept_mapping", "skip", "abort"]
+    assert write.default_option == "abort"
+    read = _drift_escalation("retry", resend_safe=True)
+    assert "retry" in [o.option for o in read.options]
+    assert read.default_option == "retry"
+
+
+def test_accept_mapping_is_never_the_timeout_default_of_a_review() -> None:
+    for resend_safe in (True, False):
+        esc = _drift_escalation("accept_mapping", resend_safe=resend_safe)
+        assert esc.default_option == "abort"
+        assert "accept_mapping" in [o.option for o in esc.options]

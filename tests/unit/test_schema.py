@@ -1,4 +1,5 @@
-"""Schema adaptation: the HubSpot rename case and the evidence rules behind it."""
+"""The evidence rules behind schema adaptation (``healing.schema`` helpers, exercised through
+``healing.adaptation.adapt``, the one rename engine), and ``apply_mapping``."""
 
 from __future__ import annotations
 
@@ -8,15 +9,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from healing.errors import SchemaMismatch
-from healing.schema import (
-    SchemaDiff,
-    added_fields,
-    apply_mapping,
-    diff_payload,
-    infer_mapping,
-    validate_response,
-)
+from healing.adaptation import adapt
+from healing.schema import apply_mapping, field_format
 
 
 class Properties(BaseModel):
@@ -34,45 +28,27 @@ NEW = {"properties": {"email_address": "a@b.com", "amount": 1000.5, "hs_new_prop
 
 
 def test_old_shape_still_validates_with_string_to_number_coercion() -> None:
-    contact = validate_response(Contact, OLD)
-    assert contact.properties.amount == 1000.5
+    found = adapt(Contact, OLD)
+    assert found.ok and found.known
+    assert found.data is not None and found.data["properties"]["amount"] == 1000.5
 
 
-def test_hubspot_rename_is_diffed_nested() -> None:
-    diff = diff_payload(Contact, NEW)
-    assert diff.missing == ["properties.email"]
-    assert sorted(diff.unexpected) == ["properties.email_address", "properties.hs_new_prop"]
-    assert diff.mapping == {"properties.email_address": "properties.email"}
-    assert diff.added == ["properties.hs_new_prop"]
-    assert diff.unresolved == []
-    assert diff.absent_optional == ["id"]
-    assert added_fields(Contact, NEW) == ["properties.hs_new_prop"]
+def test_hubspot_rename_is_found_nested_and_the_new_field_kept() -> None:
+    found = adapt(Contact, NEW)
+    assert found.ok and found.automatic
+    assert found.renames == {"properties.email_address": "properties.email"}
+    assert found.extra == {"properties.hs_new_prop": "x"}
+    assert found.data == {"id": None, "properties": {"email": "a@b.com", "amount": 1000.5}}
+    assert "removed id" not in {c.describe() for c in found.changes}  # optional: not drift
 
 
-def test_hubspot_case_end_to_end() -> None:
-    with pytest.raises(SchemaMismatch) as caught:
-        validate_response(Contact, NEW)
-    err = caught.value
-    assert err.missing == ["properties.email"]
-    assert err.mapping == {"properties.email_address": "properties.email"}
-
-    contact = validate_response(Contact, NEW, err.mapping)
-    assert contact.properties.email == "a@b.com"
-    assert contact.properties.amount == 1000.5
-    assert contact.id is None
-
-
-def test_mismatch_message_names_fields_but_never_values() -> None:
+def test_a_refusal_names_fields_but_never_values() -> None:
     secret = {"properties": {"email_address": "jane.doe@example.com", "amount": "n/a-9931"}}
-    with pytest.raises(SchemaMismatch) as caught:
-        validate_response(Contact, secret)
-    message = str(caught.value)
-    assert "properties.email" in message
-    assert "properties.amount" in message
-    assert "jane.doe" not in message
-    assert "9931" not in message
-    assert caught.value.__cause__ is None
-    assert caught.value.__suppress_context__
+    found = adapt(Contact, secret)
+    assert not found.ok
+    text = found.explain()
+    assert "properties.amount" in text
+    assert "jane.doe" not in text and "9931" not in text
 
 
 def test_numbers_are_coerced_to_string_fields() -> None:
@@ -83,16 +59,17 @@ def test_numbers_are_coerced_to_string_fields() -> None:
         tags: list[str] = []
         count: int | str = 0
 
-    deal = validate_response(Deal, {"amount": 1000.5, "code": 7, "tags": [1, "b"], "count": 3})
-    assert (deal.amount, deal.code, deal.tags, deal.count) == ("1000.5", "7", ["1", "b"], 3)
+    found = adapt(Deal, {"amount": 1000.5, "code": 7, "tags": [1, "b"], "count": 3})
+    assert found.data == {"amount": "1000.5", "code": "7", "tags": ["1", "b"], "count": 3}
 
 
 def test_booleans_are_not_coerced_to_strings() -> None:
     class Flag(BaseModel):
         label: str
 
-    with pytest.raises(SchemaMismatch, match=r"label \(string_type\)"):
-        validate_response(Flag, {"label": True})
+    found = adapt(Flag, {"label": True})
+    assert not found.ok
+    assert "label (string_type)" in found.explain()
 
 
 @pytest.mark.parametrize(
@@ -105,24 +82,23 @@ def test_booleans_are_not_coerced_to_strings() -> None:
         ("http_status", "HTTPStatus"),
     ],
 )
-def test_case_style_renames(expected: str, observed: str) -> None:
+def test_case_style_renames_apply_alone(expected: str, observed: str) -> None:
     model: type[BaseModel] = type(
         "Person", (BaseModel,), {"__annotations__": {expected: str}, "__module__": __name__}
     )
-    assert infer_mapping(model, {observed: "Ada"}) == {observed: expected}
-    assert getattr(validate_response(model, {observed: "Ada"}, {observed: expected}), expected)
+    found = adapt(model, {observed: "Ada"})
+    assert found.ok and found.automatic
+    assert found.renames == {observed: expected}
+    assert found.data == {expected: "Ada"}
 
 
-def test_ambiguous_ties_are_left_unmapped_and_reported() -> None:
+def test_two_name_only_candidates_are_proposed_with_both_shown() -> None:
     class Person(BaseModel):
         name: str
 
-    diff = diff_payload(Person, {"first_name": "Ada", "last_name": "Lovelace"})
-    assert diff.mapping == {}
-    assert diff.ambiguous == {"name": ["first_name", "last_name"]}
-    with pytest.raises(SchemaMismatch, match="ambiguous") as caught:
-        validate_response(Person, {"first_name": "Ada", "last_name": "Lovelace"})
-    assert caught.value.mapping == {}
+    found = adapt(Person, {"first_name": "Ada", "last_name": "Lovelace"})
+    assert not found.automatic
+    assert sorted(c.observed for c in found.candidates) == ["first_name", "last_name"]
 
 
 def test_one_observed_field_never_fills_two_expected_ones() -> None:
@@ -130,17 +106,44 @@ def test_one_observed_field_never_fills_two_expected_ones() -> None:
         home_email: str
         work_email: str
 
-    diff = diff_payload(Person, {"email": "a@b.com"})
-    assert diff.mapping == {}
-    assert diff.ambiguous == {"home_email": ["email"], "work_email": ["email"]}
+    found = adapt(Person, {"email": "a@b.com"})
+    assert not found.ok
+    assert len(found.renames) <= 1
 
 
 def test_value_evidence_picks_the_email_looking_candidate() -> None:
     class Person(BaseModel):
         email: str
 
-    payload = {"email_status": "bounced", "email_address": "a@b.com"}
-    assert infer_mapping(Person, payload) == {"email_address": "email"}
+    found = adapt(Person, {"email_status": "bounced", "email_address": "a@b.com"})
+    assert found.ok and found.automatic
+    assert found.renames == {"email_address": "email"}
+    assert found.extra == {"email_status": "bounced"}
+
+
+def test_the_format_comes_from_the_last_name_word_or_the_annotation() -> None:
+    class Person(BaseModel):
+        email_verified: bool
+        email_status: str
+        homepage_url: str
+        mail_server: str
+        work_email: str
+        email_address: str
+        created_at: str
+        created_by: str
+
+    fields = Person.model_fields
+    formats = {name: field_format(name, info) for name, info in fields.items()}
+    assert formats == {
+        "email_verified": None,
+        "email_status": None,
+        "homepage_url": "url",
+        "mail_server": None,
+        "work_email": "email",
+        "email_address": "email",
+        "created_at": "date",
+        "created_by": None,
+    }
 
 
 def test_email_named_fields_of_other_kinds_need_no_email_value() -> None:
@@ -155,7 +158,9 @@ def test_email_named_fields_of_other_kinds_need_no_email_value() -> None:
         "homepageURL": "not a url",
         "homepage_link": "https://ada.example",
     }
-    assert infer_mapping(Person, payload) == {
+    found = adapt(Person, payload)
+    assert found.ok
+    assert found.renames == {
         "emailVerified": "email_verified",
         "emailStatus": "email_status",
         "homepage_link": "homepage_url",  # homepageURL is the closer name but not a URL
@@ -166,25 +171,19 @@ def test_value_evidence_rejects_a_wrong_typed_candidate() -> None:
     class Deal(BaseModel):
         amount: float
 
-    assert infer_mapping(Deal, {"amount_label": "high"}) == {}
-    assert infer_mapping(Deal, {"amount_value": "12.5"}) == {"amount_value": "amount"}
+    assert not adapt(Deal, {"amount_label": "high"}).ok
+    coerced = adapt(Deal, {"amount_value": "12.5"})
+    assert coerced.ok and coerced.renames == {"amount_value": "amount"}
+    assert not coerced.automatic  # a partial name: a human confirms
 
 
-def test_exact_type_beats_coercible_type() -> None:
-    class Deal(BaseModel):
-        amount: float
-
-    payload = {"amount_text": "12.5", "amount_value": 12.5}
-    assert infer_mapping(Deal, payload) == {"amount_value": "amount"}
-
-
-def test_unrelated_names_are_not_mapped() -> None:
+def test_a_value_without_format_and_an_unrelated_name_is_not_mapped() -> None:
     class Person(BaseModel):
         email: str
 
-    diff = diff_payload(Person, {"hs_new_prop": "a@b.com"})
-    assert diff.mapping == {}
-    assert diff.unresolved == ["email"]
+    found = adapt(Person, {"hs_new_prop": "x"})
+    assert not found.ok
+    assert found.missing == ["email"]
 
 
 def test_aliases_are_the_wire_names() -> None:
@@ -192,20 +191,18 @@ def test_aliases_are_the_wire_names() -> None:
         first_name: str = Field(alias="firstName")
         last_name: str = Field(alias="lastName")
 
-    assert diff_payload(Person, {"firstName": "Ada", "lastName": "L"}) == SchemaDiff()
-    diff = diff_payload(Person, {"firstName": "Ada", "surname": "L", "last_name": "L"})
-    assert diff.missing == ["lastName"]
-    assert diff.mapping == {"last_name": "lastName"}
-    assert validate_response(Person, {"firstName": "Ada", "last_name": "L"}, diff.mapping)
+    assert adapt(Person, {"firstName": "Ada", "lastName": "L"}).known
+    found = adapt(Person, {"firstName": "Ada", "surname": "L", "last_name": "L"})
+    assert found.missing == [] and found.ok
+    assert found.renames == {"last_name": "lastName"}
 
 
 def test_python_field_name_is_name_evidence_too() -> None:
     class Person(BaseModel):
         surname: str = Field(alias="ln")
 
-    diff = diff_payload(Person, {"sur_name": "L"})
-    assert diff.missing == ["ln"]
-    assert diff.mapping == {"sur_name": "ln"}
+    found = adapt(Person, {"sur_name": "L"})
+    assert found.ok and found.renames == {"sur_name": "ln"}
 
 
 def test_optional_nested_model_is_walked() -> None:
@@ -215,9 +212,9 @@ def test_optional_nested_model_is_walked() -> None:
     class Deal(BaseModel):
         owner: Owner | None = None
 
-    diff = diff_payload(Deal, {"owner": {"emailAddress": "a@b.com"}})
-    assert diff.mapping == {"owner.emailAddress": "owner.email"}
-    assert diff_payload(Deal, {"owner": None}) == SchemaDiff()
+    found = adapt(Deal, {"owner": {"emailAddress": "a@b.com"}})
+    assert found.ok and found.renames == {"owner.emailAddress": "owner.email"}
+    assert adapt(Deal, {"owner": None}).known
 
 
 def test_forbidding_model_accepts_added_fields() -> None:
@@ -225,14 +222,16 @@ def test_forbidding_model_accepts_added_fields() -> None:
         model_config = ConfigDict(extra="forbid")
         email: str
 
-    assert validate_response(Strict, {"email": "a@b.com", "hs_new_prop": "x"}).email == "a@b.com"
+    found = adapt(Strict, {"email": "a@b.com", "hs_new_prop": "x"})
+    assert found.ok and found.known and found.data == {"email": "a@b.com"}
+    assert found.extra == {"hs_new_prop": "x"}
 
 
-def test_non_object_payload_reports_every_required_field_missing() -> None:
-    diff = diff_payload(Contact, ["not", "an", "object"])
-    assert diff.missing == ["properties"]
-    with pytest.raises(SchemaMismatch, match="missing properties"):
-        validate_response(Contact, "truncated")
+def test_a_non_object_payload_cannot_adapt_and_says_what_it_is() -> None:
+    assert adapt(Contact, ["not", "an", "object"]).reasons == [
+        "the response is array, not an object"
+    ]
+    assert adapt(Contact, "truncated").reasons == ["the response is string, not an object"]
 
 
 def test_apply_mapping_does_not_mutate_the_input() -> None:
