@@ -14,7 +14,8 @@ Decisions:
   negative or past is ``0.0``, and anything larger than ``cap_s`` (or, without a cap,
   ``MAX_WAIT_S``) is cut down to it.
 * One parser reads every stated reset time (:func:`parse_retry_after`): Retry-After here, the
-  reset headers of :func:`reset_delay` and of :mod:`healing.ratelimit`. Vendors mix the shapes
+  reset headers of :mod:`healing.ratelimit` (which owns every rate-limit header shape, and
+  ``reset_delay``). Vendors mix the shapes
   (delta seconds, HTTP-dates, Unix seconds, Unix milliseconds), so every header accepts all.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -34,7 +34,6 @@ __all__ = [
     "backoff_delay",
     "backoff_schedule",
     "parse_retry_after",
-    "reset_delay",
 ]
 
 MAX_WAIT_S = 366 * 24 * 3600.0
@@ -43,7 +42,6 @@ MAX_WAIT_S = 366 * 24 * 3600.0
 _DELTA = re.compile(r"[+-]?\d+(?:\.\d+)?")
 _EPOCH_THRESHOLD = 1e9  # below: delta seconds; above: a Unix timestamp (2001-09-09 onwards)
 _EPOCH_MS_THRESHOLD = 1e11  # above: a Unix timestamp in milliseconds
-_RESET_PREFIXES = ("x-ratelimit-", "ratelimit-", "x-rate-limit-")
 
 
 def backoff_delay(retry: int, policy: BackoffPolicy, rng: random.Random) -> float:
@@ -116,68 +114,11 @@ def parse_retry_after(
         return None
 
 
-def reset_delay(
-    headers: Mapping[str, str], *, now: datetime, cap_s: float | None = None
-) -> float | None:
-    """The wait implied by rate-limit headers, for responses that carry no Retry-After.
-
-    Understands, in this order:
-
-    * HubSpot: ``x-hubspot-ratelimit-remaining: 0`` waits one
-      ``x-hubspot-ratelimit-interval-milliseconds``; ``x-hubspot-ratelimit-secondly-remaining:
-      0`` waits one second.
-    * ``x-ratelimit-reset`` (GitHub, many others), ``ratelimit-reset`` (IETF draft) and
-      ``x-rate-limit-reset``, used when the matching ``...-remaining`` header is absent or 0,
-      read by :func:`parse_retry_after` (delta seconds, HTTP-date, Unix seconds or ms).
-    * The IETF structured ``ratelimit: ...;r=0;t=30`` / ``remaining=0, reset=30`` form.
-
-    Args:
-        headers: Response headers; keys are matched case-insensitively.
-        now: The current time (timezone-aware; a naive value is taken as UTC).
-        cap_s: Longest wait to return.
-
-    Returns:
-        The wait in seconds, or None when the headers imply none. Never raises.
-    """
-    try:
-        lower = {str(k).lower(): str(v).strip() for k, v in headers.items()}
-        if _number(lower.get("x-hubspot-ratelimit-remaining")) == 0:
-            interval_ms = _number(lower.get("x-hubspot-ratelimit-interval-milliseconds"))
-            if interval_ms is not None and interval_ms >= 0:
-                return _bounded(interval_ms / 1000.0, cap_s)
-        if _number(lower.get("x-hubspot-ratelimit-secondly-remaining")) == 0:
-            return _bounded(1.0, cap_s)
-        for prefix in _RESET_PREFIXES:
-            reset = parse_retry_after(lower.get(prefix + "reset"), now=now, cap_s=cap_s)
-            remaining = _number(lower.get(prefix + "remaining"))
-            if reset is not None and remaining in (None, 0):
-                return reset
-        return _structured_reset(lower.get("ratelimit"), now, cap_s)
-    except Exception:  # headers of any shape must not break classification
-        return None
-
-
-def _structured_reset(value: str | None, now: datetime, cap_s: float | None) -> float | None:
-    if not value:
-        return None
-    params = dict(re.findall(r"\b(r|t|remaining|reset)\s*=\s*(-?\d+(?:\.\d+)?)", value.lower()))
-    remaining = _number(params.get("r", params.get("remaining")))
-    reset = parse_retry_after(params.get("t", params.get("reset")), now=now, cap_s=cap_s)
-    return reset if remaining in (None, 0) else None
-
-
 def _reset_seconds(reset: float, now: datetime) -> float:
     if reset < _EPOCH_THRESHOLD:
         return reset
     epoch = reset / 1000.0 if reset > _EPOCH_MS_THRESHOLD else reset
     return epoch - _aware(now).timestamp()
-
-
-def _number(value: str | None) -> float | None:
-    if value is None or not _DELTA.fullmatch(value.strip()):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
 def _aware(moment: datetime) -> datetime:

@@ -14,6 +14,18 @@ States (``BreakerState``):
   its failure reopens it for another ``open_s``. A probe that never reports back is replaced
   by a new one after ``open_s``, so a lost probe cannot wedge the breaker.
 
+:class:`FleetBreakers` is the same rule over the store's fleet state (DESIGN s5b), which is
+what workers use: failures are counted fleet-wide in one-second buckets, the state lives in one
+versioned document per connector (read at every call, so an open circuit is seen by every
+worker at once), and the half-open probe is a lease named after its open window, so the whole
+fleet sends one probe per window. Two additions to the pure rule, both for fleets:
+
+- a *trial* phase: while the window's failures are at least ``min_failure_ratio`` of its
+  calls (an outage's first answers), calls go one at a time (a short lease), so a busy fleet
+  opens the circuit after its ``failure_threshold`` failures instead of a burst of them;
+- a shorter first open (``first_open_s``, 5 s by default): a short outage heals after 5 s, a
+  long one costs one more probe and then waits ``open_s`` per probe.
+
 Example:
     >>> board = BreakerBoard(BreakerPolicy())
     >>> breaker = board.get("crm")
@@ -24,10 +36,13 @@ Example:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from healing.config import BreakerPolicy
 from healing.stats import wilson_lower
+from healing.store.base import FleetState
 from healing.types import BreakerState, CircuitBreakerState, ConnectorName
 
 PROBE_BUSY_WAIT_S = 1.0
@@ -45,6 +60,21 @@ class BreakerTransition:
     from_state: BreakerState
     to_state: BreakerState
     at: float
+
+
+def should_open(failures: int, calls: int, policy: BreakerPolicy) -> bool:
+    """The opening rule: ``failure_threshold`` failures that are also at least
+    ``min_failure_ratio`` of the window's calls (one-sided Wilson bound)."""
+    return (
+        failures >= policy.failure_threshold
+        and wilson_lower(failures, calls, policy.ratio_confidence) >= policy.min_failure_ratio
+    )
+
+
+def suspect(failures: int, calls: int, policy: BreakerPolicy) -> bool:
+    """Whether the window looks like an outage starting: failures at least the ratio of the
+    calls (plain ratio). Calls then go one at a time until the circuit opens or a success."""
+    return failures > 0 and failures >= policy.min_failure_ratio * calls
 
 
 class CircuitBreaker:
@@ -132,12 +162,7 @@ class CircuitBreaker:
         if self._state == "open":
             return None
         self._append(now, failed=True)
-        calls = len(self._outcomes)
-        if (
-            self._failures >= self.policy.failure_threshold
-            and wilson_lower(self._failures, calls, self.policy.ratio_confidence)
-            >= self.policy.min_failure_ratio
-        ):
+        if should_open(self._failures, len(self._outcomes), self.policy):
             return self._open(now)
         return None
 
@@ -218,3 +243,233 @@ class BreakerBoard:
     def snapshots(self, now: float) -> list[CircuitBreakerState]:
         """Snapshots of every breaker created so far, sorted by connector name."""
         return [self._breakers[name].snapshot(now) for name in sorted(self._breakers)]
+
+
+# -- the fleet's breakers ---------------------------------------------------------------------
+
+BREAKER_SPACE = "breaker"
+"""Fleet-state space of the breaker documents, one per connector."""
+Role = Literal["call", "trial", "probe"]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether one call may go now, and as what.
+
+    Attributes:
+        go: Send it now.
+        wait_s: Otherwise, ask again after this long.
+        role: ``call`` (closed), ``trial`` (one at a time while an outage may be starting) or
+            ``probe`` (the half-open window's one call); a trial or probe outcome always counts.
+        window: For a probe, the open window it probes (its ``opened_at``).
+        closed_at: When the circuit last closed: earlier outcomes no longer count.
+        since: When the connector started failing (ISO time), for messages.
+        last: Its latest unhealthy answer, in brief.
+    """
+
+    go: bool
+    wait_s: float = 0.0
+    role: Role = "call"
+    window: float | None = None
+    closed_at: float = 0.0
+    since: str = ""
+    last: str = ""
+
+
+@dataclass(frozen=True)
+class BreakerView:
+    """The last seen state of one connector's circuit (sync, for status and tests)."""
+
+    connector: ConnectorName
+    state: BreakerState
+    retry_at: float | None = None
+
+
+def _num(doc: Mapping[str, Any], key: str) -> float:
+    value = doc.get(key)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+class FleetBreakers:
+    """Circuit breakers shared by every worker through the store (DESIGN s4, s5b).
+
+    Args:
+        state: The store's fleet state (``MemoryFleetState`` for a worker without a store).
+        policy: The opening rule and timings.
+
+    Times (``now``) are epoch seconds of the fleet's common clock (the server's, in activities).
+    """
+
+    def __init__(self, state: FleetState, policy: BreakerPolicy) -> None:
+        self.state = state
+        self.policy = policy
+        self._seen: dict[ConnectorName, BreakerView] = {}
+
+    def get(self, connector: ConnectorName) -> BreakerView:
+        """The state this worker saw last (``closed`` if it never looked)."""
+        return self._seen.get(connector, BreakerView(connector, "closed"))
+
+    def _keys(self, connector: ConnectorName) -> tuple[str, str]:
+        return f"breaker:{connector}:calls", f"breaker:{connector}:fails"
+
+    async def _doc(self, connector: ConnectorName) -> tuple[dict[str, Any], int | None]:
+        entry = await self.state.state_get(BREAKER_SPACE, connector)
+        if entry is None:
+            return {}, None
+        return dict(entry.value), entry.version
+
+    def _view(self, connector: ConnectorName, doc: Mapping[str, Any], now: float) -> BreakerView:
+        if doc.get("state") != "open":
+            view = BreakerView(connector, "closed")
+        else:
+            retry_at = _num(doc, "opened_at") + _num(doc, "open_s")
+            view = BreakerView(connector, "open" if now < retry_at else "half_open", retry_at)
+        self._seen[connector] = view
+        return view
+
+    async def admit(
+        self, connector: ConnectorName, *, now: float, holder: str, first_attempt: bool = True
+    ) -> Admission:
+        """Ask whether a call may go now (``holder``: unique per attempt).
+
+        Only first attempts are trials: a call's own retries neither wait for the trial lease
+        nor count, so one unlucky call never opens the circuit by itself."""
+        if not self.policy.enabled:
+            return Admission(True)
+        doc, _ = await self._doc(connector)
+        view = self._view(connector, doc, now)
+        since, last = str(doc.get("since") or ""), str(doc.get("last") or "")
+        if view.state == "open":
+            assert view.retry_at is not None
+            return Admission(False, view.retry_at - now, since=since, last=last)
+        if view.state == "half_open":
+            opened_at = _num(doc, "opened_at")
+            lease = f"breaker:{connector}:probe:{opened_at:.3f}"
+            # Named after its window: a worker with an older view cannot send a second probe.
+            if await self.state.lease_take(lease, holder, ttl_s=self.policy.open_s, now=now):
+                return Admission(True, role="probe", window=opened_at, since=since, last=last)
+            return Admission(False, PROBE_BUSY_WAIT_S, since=since, last=last)
+        closed_at = _num(doc, "closed_at")
+        calls_key, fails_key = self._keys(connector)
+        sums = await self.state.counter_sums(
+            [calls_key, fails_key], since_bucket=self._keep_from(now, closed_at)
+        )
+        if first_attempt and suspect(sums[fails_key], sums[calls_key], self.policy):
+            trial = f"breaker:{connector}:trial"
+            if await self.state.lease_take(trial, holder, ttl_s=self.policy.trial_ttl_s, now=now):
+                return Admission(True, role="trial", closed_at=closed_at)
+            return Admission(False, 0.05, closed_at=closed_at)
+        return Admission(True, closed_at=closed_at)
+
+    def _keep_from(self, now: float, closed_at: float) -> int:
+        return max(int(now - self.policy.window_s) + 1, int(closed_at) + 1 if closed_at else 0)
+
+    async def record(
+        self,
+        connector: ConnectorName,
+        admission: Admission,
+        *,
+        failed: bool | None,
+        counts: bool,
+        now: float,
+        holder: str,
+        since: str = "",
+        last: str = "",
+    ) -> BreakerTransition | None:
+        """Record a call's outcome and carry out any state change (compare-and-swap).
+
+        Args:
+            admission: What :meth:`admit` said for this call.
+            failed: True for an unhealthy answer, False for a healthy one (a 4xx counts as
+                the service being up), None when the outcome tells nothing (lease released only).
+            counts: The outcome counts in the window (first attempts; trials and probes always).
+            holder: The ``holder`` given to :meth:`admit`.
+            since: When the connector started failing, kept in the document for messages.
+            last: Its latest unhealthy answer, in brief.
+        """
+        if not self.policy.enabled:
+            return None
+        try:
+            if admission.role == "probe":
+                if failed is None:
+                    return None
+                return await self._settle_probe(connector, admission, failed, now, since, last)
+            if failed is None or not (counts or admission.role == "trial"):
+                return None
+            calls_key, fails_key = self._keys(connector)
+            keep = self._keep_from(now, admission.closed_at)
+            calls = await self.state.counter_add(calls_key, int(now), 1, keep_from=keep)
+            if not failed:
+                return None
+            fails = await self.state.counter_add(fails_key, int(now), 1, keep_from=keep)
+            if not should_open(fails, calls, self.policy):
+                return None
+            doc, version = await self._doc(connector)
+            if doc.get("state") == "open":
+                return None  # another worker opened it
+            opened = {
+                "state": "open",
+                "opened_at": now,
+                "open_s": min(self.policy.first_open_s, self.policy.open_s),
+                "opens": 1,
+                "since": since or doc.get("since") or "",
+                "last": last,
+            }
+            if await self.state.state_put(
+                BREAKER_SPACE, connector, opened, expected_version=version, now=now
+            ):
+                self._view(connector, opened, now)
+                return BreakerTransition(connector, "closed", "open", now)
+            return None
+        finally:
+            if admission.role == "trial":
+                await self.state.lease_drop(f"breaker:{connector}:trial", holder)
+
+    async def _settle_probe(
+        self,
+        connector: ConnectorName,
+        admission: Admission,
+        failed: bool,
+        now: float,
+        since: str,
+        last: str,
+    ) -> BreakerTransition | None:
+        doc, version = await self._doc(connector)
+        if doc.get("state") != "open" or _num(doc, "opened_at") != admission.window:
+            return None  # settled already (a replaced probe's late answer)
+        if failed:
+            new: dict[str, Any] = {
+                **doc,
+                "opened_at": now,
+                "open_s": self.policy.open_s,
+                "opens": int(_num(doc, "opens")) + 1,
+                "last": last or doc.get("last") or "",
+            }
+            to: BreakerState = "open"
+        else:
+            new = {"state": "closed", "closed_at": now}
+            to = "closed"
+        if not await self.state.state_put(
+            BREAKER_SPACE, connector, new, expected_version=version, now=now
+        ):
+            return None
+        self._view(connector, new, now)
+        return BreakerTransition(connector, "half_open", to, now)
+
+    async def snapshot(self, connector: ConnectorName, *, now: float) -> CircuitBreakerState:
+        """The connector's circuit as the fleet sees it now."""
+        doc, _ = await self._doc(connector)
+        view = self._view(connector, doc, now)
+        calls_key, fails_key = self._keys(connector)
+        sums = await self.state.counter_sums(
+            [calls_key, fails_key], since_bucket=self._keep_from(now, _num(doc, "closed_at"))
+        )
+        opened = _num(doc, "opened_at") if view.state != "closed" else None
+        return CircuitBreakerState(
+            connector=connector,
+            state=view.state,
+            failures_in_window=sums[fails_key],
+            calls_in_window=sums[calls_key],
+            opened_at=opened,
+            retry_at=view.retry_at,
+        )

@@ -15,17 +15,25 @@ Header shapes understood by :func:`parse_rate_limit_headers` (names lower-cased)
 
 Every reset value is read by :func:`healing.backoff.parse_retry_after`, the one parser of stated
 reset times (delta seconds, HTTP-date, Unix seconds or milliseconds), so a shape it learns is
-understood here too.
+understood here too. :func:`reset_delay` (what classification waits after a 429) reads the IETF
+fields with the same :func:`_ietf` as pacing, so the two never disagree on which item binds.
+
+:class:`FleetPacer` shares what the headers taught through the store's fleet state (DESIGN s5b):
+one window per connector for every worker, and distinct start slots (``slot_take``) so callers
+told to wait never come back together.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from healing.backoff import parse_retry_after
+from healing.backoff import MAX_WAIT_S, parse_retry_after
+from healing.config import RateLimitPolicy
+from healing.store.base import ANY_VERSION, FleetState
 
 _SALESFORCE_WINDOW_S = 24 * 3600.0
 _HUBSPOT_DAILY_WINDOW_S = 24 * 3600.0
@@ -160,7 +168,8 @@ def _ietf(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | None:
             )  # fmt: skip
         current = [(name, p) for name, p in items if "r" in p]
         if current:
-            name, params = min(current, key=lambda item: float(item[1]["r"]))
+            # The binding item: the fewest requests left; of several spent, the longest reset.
+            name, params = min(current, key=lambda item: _binding_key(item[1], now_epoch))
             named = [p for n, p in policies if n == name] or [p for _, p in policies[:1]]
             policy = named[0] if named else {}
             return RateLimitInfo(
@@ -180,6 +189,12 @@ def _ietf(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | None:
             q, w = min(known, key=lambda qw: qw[0] / qw[1])
             return RateLimitInfo(int(q), None, None, w, "ietf")
     return None
+
+
+def _binding_key(params: dict[str, str], now_epoch: float) -> tuple[float, float]:
+    remaining = max(_float(params.get("r")) or 0.0, 0.0)
+    reset = _reset_after(params.get("t"), now_epoch) or 0.0
+    return (remaining, -reset if remaining <= 0 else reset)
 
 
 def _items(value: str) -> list[tuple[str | None, dict[str, str]]]:
@@ -315,3 +330,446 @@ class RateLimiter:
             elapsed = now - self._updated_at
             self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
             self._updated_at = now
+
+
+_RESET_PREFIXES = ("x-ratelimit-", "ratelimit-", "x-rate-limit-")
+
+
+def reset_delay(
+    headers: Mapping[str, str], *, now: datetime, cap_s: float | None = None
+) -> float | None:
+    """The wait implied by rate-limit headers, for responses that carry no Retry-After.
+
+    Understands, in this order:
+
+    * HubSpot: ``x-hubspot-ratelimit-remaining: 0`` waits one
+      ``x-hubspot-ratelimit-interval-milliseconds``; ``x-hubspot-ratelimit-secondly-remaining:
+      0`` waits one second.
+    * ``x-ratelimit-reset`` (GitHub, many others), ``ratelimit-reset`` (IETF draft) and
+      ``x-rate-limit-reset``, used when the matching ``...-remaining`` header is absent or 0,
+      read by :func:`parse_retry_after` (delta seconds, HTTP-date, Unix seconds or ms).
+    * The IETF ``RateLimit`` field (draft -07 dictionary, -08..-10 named items), read by the
+      same parser as pacing: of several items the binding one (fewest left) decides.
+
+    Args:
+        headers: Response headers; keys are matched case-insensitively.
+        now: The current time (timezone-aware; a naive value is taken as UTC).
+        cap_s: Longest wait to return.
+
+    Returns:
+        The wait in seconds, or None when the headers imply none. Never raises.
+    """
+    try:
+        lower = {str(k).lower(): str(v).strip() for k, v in headers.items()}
+        if _number(lower.get("x-hubspot-ratelimit-remaining")) == 0:
+            interval_ms = _number(lower.get("x-hubspot-ratelimit-interval-milliseconds"))
+            if interval_ms is not None and interval_ms >= 0:
+                return _capped(interval_ms / 1000.0, cap_s)
+        if _number(lower.get("x-hubspot-ratelimit-secondly-remaining")) == 0:
+            return _capped(1.0, cap_s)
+        for prefix in _RESET_PREFIXES:
+            reset = parse_retry_after(lower.get(prefix + "reset"), now=now, cap_s=cap_s)
+            remaining = _number(lower.get(prefix + "remaining"))
+            if reset is not None and remaining in (None, 0):
+                return reset
+        if "ratelimit" not in lower:
+            return None
+        moment = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+        info = _ietf({"ratelimit": lower["ratelimit"]}, moment.timestamp())
+        if info is None or info.reset_after_s is None:
+            return None
+        if info.remaining is not None and info.remaining > 0:
+            return None
+        return _capped(info.reset_after_s, cap_s)
+    except Exception:  # headers of any shape must not break classification
+        return None
+
+
+def _number(value: str | None) -> float | None:
+    if value is None or not re.fullmatch(r"[+-]?\d+(?:\.\d+)?", value.strip()):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _capped(seconds: float, cap_s: float | None) -> float | None:
+    if math.isnan(seconds):
+        return None
+    ceiling = MAX_WAIT_S if cap_s is None or math.isnan(cap_s) else max(0.0, cap_s)
+    return min(max(0.0, seconds), ceiling)
+
+
+# -- the fleet's windows ----------------------------------------------------------------------
+
+RATE_SPACE = "ratelimit"
+"""Fleet-state space of the learned windows, one document per connector."""
+UNPACED = "unpaced"
+"""Source of a window whose slow start ended with no limit seen: calls are no longer paced."""
+_RAMP_HALVINGS = 12  # slow start ends after this many halvings of its spacing
+_OK_BUCKET_S = 0.1  # resolution of the success counter that slow start and Retry-After learn by
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the fleet knows of one connector's quota (its ``ratelimit`` document).
+
+    Attributes:
+        limit: Requests per window (None: not known yet).
+        window_s: The window's length (None: not known yet).
+        blocked_until: Epoch seconds before which nothing is sent (a spent window or quota).
+        quota: The block is a daily or org quota (calls park), not a short window.
+        source: The header family, ``catalog`` or ``retry-after`` that taught it.
+        run_start: Epoch seconds since which successes are counted (the current run between
+            two blocks): slow start and Retry-After-only learning read that count.
+        gen: Bumped whenever the pace or a block changes: slots taken under an older
+            generation are taken again (their spacing or start no longer holds).
+        reset_at: When the current window ends (epoch), for headers that name no window:
+            the jump of this time from one window to the next is the window's length.
+    """
+
+    limit: int | None = None
+    window_s: float | None = None
+    blocked_until: float = 0.0
+    quota: bool = False
+    source: str = ""
+    run_start: float = 0.0
+    gen: int = 0
+    reset_at: float = 0.0
+    last_jump: float = 0.0
+
+    @property
+    def known(self) -> bool:
+        return bool(self.limit) and bool(self.window_s)
+
+    @property
+    def learning(self) -> bool:
+        """Successes still teach something: no limit known (and slow start not over), or a
+        limit learned from Retry-After alone."""
+        return (not self.known and self.source != UNPACED) or self.source == "retry-after"
+
+    def to_doc(self) -> dict[str, object]:
+        return {
+            "limit": self.limit,
+            "window_s": self.window_s,
+            "blocked_until": self.blocked_until,
+            "quota": self.quota,
+            "source": self.source,
+            "run_start": self.run_start,
+            "gen": self.gen,
+            "reset_at": self.reset_at,
+            "last_jump": self.last_jump,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, object]) -> Window:
+        def num(key: str) -> float | None:
+            value = doc.get(key)
+            return float(value) if isinstance(value, int | float) else None
+
+        limit = num("limit")
+        return cls(
+            limit=int(limit) if limit else None,
+            window_s=num("window_s"),
+            blocked_until=num("blocked_until") or 0.0,
+            quota=bool(doc.get("quota")),
+            source=str(doc.get("source") or ""),
+            run_start=num("run_start") or 0.0,
+            gen=int(num("gen") or 0),
+            reset_at=num("reset_at") or 0.0,
+            last_jump=num("last_jump") or 0.0,
+        )
+
+
+def retry_after_window(cur: Window, end: float, reset: float) -> float | None:
+    """The window length a Retry-After-only 429 implies, or None to guess (the first 429).
+
+    Every such 429's ``now + Retry-After`` is a window boundary, so the distance between two
+    is a whole number of windows: the shortest seen is the window (a multiple still gives the
+    right rate, since the quota is then counted over as many windows)."""
+    known = cur.window_s if cur.source == "retry-after" else None
+    gap = end - cur.reset_at if cur.reset_at else 0.0
+    # Retry-After has whole seconds: two 429s of one window may end a second apart.
+    if gap > max(1.5, 0.6 * (known or 0.0)):
+        return min(gap, known) if known else gap
+    return known if known else None
+
+
+def spacing_s(
+    window: Window | None,
+    configured: tuple[int, float] | None,
+    policy: RateLimitPolicy,
+    *,
+    run_ok: int = 0,
+) -> float:
+    """Seconds between two starts of a connector's calls, fleet-wide (0: unpaced).
+
+    The stricter of the catalog's limit and the learned one, slowed by ``policy.headroom`` so
+    network jitter never lands a window's last call in the next one. A learned window longer
+    than ``policy.max_paced_window_s`` (an hourly or daily quota) is not paced: it blocks the
+    connector when spent. With neither known, a slow
+    start: ``policy.start_spacing_s``, halved per ``policy.start_step`` successes (``run_ok``)
+    without a 429, until it is too short to matter.
+    """
+    gaps: list[float] = []
+    if configured is not None:
+        gaps.append(configured[1] / configured[0])
+    if window is not None and window.known:
+        assert window.limit is not None and window.window_s is not None
+        if window.window_s <= policy.max_paced_window_s:
+            gaps.append(window.window_s / window.limit)
+    if gaps:
+        return max(gaps) / policy.headroom
+    if window is None or window.known or not policy.slow_start or window.source == UNPACED:
+        return 0.0
+    halvings = run_ok // max(policy.start_step, 1)
+    gap = policy.start_spacing_s / (2**halvings) if halvings < 60 else 0.0
+    return gap if gap >= 0.001 else 0.0
+
+
+def learn(
+    cur: Window,
+    info: RateLimitInfo | None,
+    *,
+    now: float,
+    throttled: bool,
+    retry_after_s: float | None,
+    quota: bool,
+    run_ok: int,
+    fallback_wait_s: float,
+    ramp_end: int = 1_000_000,
+    learned: tuple[int, float] | None = None,
+) -> Window:
+    """The window after one answer (pure): what its headers and status teach.
+
+    Args:
+        cur: The window before.
+        info: The answer's parsed rate-limit headers (None: it carried none).
+        throttled: The answer was a 429 or a vendor's throttling answer.
+        retry_after_s: Its Retry-After, if any (the better reset of a spent window).
+        quota: Classification says the block is a daily or org quota.
+        run_ok: Successes counted since ``cur.run_start``.
+        fallback_wait_s: How long a spent window blocks when nothing says until when.
+        ramp_end: Successes after which a slow start with no limit seen ends (``UNPACED``).
+        learned: For a 429 that says nothing but Retry-After: the (limit, window) measured
+            from it (:func:`retry_after_window`).
+    """
+    limit, window_s, source = cur.limit, cur.window_s, cur.source
+    reset_at, last_jump = cur.reset_at, cur.last_jump
+    if info is not None:
+        if info.limit and info.window_s:
+            limit, window_s, source = info.limit, info.window_s, info.source
+        elif info.limit:
+            # x-ratelimit-* name no window. First guess: a reset seen with the quota all but
+            # whole; then the jump of the window's end from one window to the next (the
+            # smallest jump: skipped windows only add multiples), exact even for epoch resets.
+            if cur.source != info.source:
+                window_s = None
+            limit, source = info.limit, info.source
+            if info.reset_after_s:
+                end = now + info.reset_after_s
+                if not window_s and info.remaining is not None and info.remaining >= limit - 1:
+                    window_s = max(info.reset_after_s, 1.0)
+                # A new window: its end moved by most of a window (rounding moves it less).
+                if reset_at and window_s and end > reset_at + 0.6 * window_s:
+                    jump = end - reset_at
+                    if abs(jump - last_jump) < 0.05 and jump > 0.6 * window_s:
+                        window_s = jump  # two equal jumps: epoch resets, exact to the second
+                    last_jump = jump
+                    reset_at = end
+                elif not reset_at:
+                    reset_at = end
+    paced = (limit, window_s) != (cur.limit, cur.window_s)
+    spent = throttled or (info is not None and info.exhausted)
+    if not spent:
+        run_start = cur.run_start or now
+        if not (limit and window_s) and source != UNPACED and run_ok >= ramp_end:
+            source = UNPACED
+            paced = True
+        gen = cur.gen + 1 if paced else cur.gen
+        return Window(limit, window_s, cur.blocked_until, cur.quota and cur.blocked_until > now,
+                      source, run_start, gen, reset_at, last_jump)  # fmt: skip
+    if source == UNPACED and not (limit and window_s):
+        source = ""  # throttled after all: learn again, from a slow start
+    reset = retry_after_s
+    if reset is None and info is not None:
+        reset = info.reset_after_s if info.reset_after_s is not None else info.window_s
+    if reset is None:
+        reset = window_s or fallback_wait_s
+    if throttled and learned is not None:
+        # Retry-After alone: what FleetPacer.observe measured (see retry_after_window).
+        limit, window_s = learned
+        source = "retry-after"
+        reset_at = now + reset
+    blocked = max(cur.blocked_until, now + reset)
+    moved = paced or blocked > cur.blocked_until + 0.05
+    gen = cur.gen + 1 if moved else cur.gen
+    return Window(limit, window_s, blocked, quota, source, blocked, gen, reset_at, last_jump)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A caller's place: send at ``start`` (epoch), or ask again in ``retry_in_s``."""
+
+    start: float | None
+    retry_in_s: float = 0.0
+    quota: bool = False
+    """The wait is a spent daily or org quota (the call parks), not a short window."""
+    gen: int = 0
+    """The window's generation the slot belongs to (see :meth:`FleetPacer.still_valid`)."""
+
+
+class FleetPacer:
+    """Rate-limit windows shared by a fleet: learned from headers, paced by distinct slots.
+
+    Args:
+        state: The store's fleet state (``MemoryFleetState`` without a store).
+        policy: Headroom, slow start, cache.
+    """
+
+    def __init__(self, state: FleetState, policy: RateLimitPolicy | None = None) -> None:
+        self.state = state
+        self.policy = policy or RateLimitPolicy()
+        self._cache: dict[str, tuple[float, Window | None, int | None]] = {}
+
+    async def window(self, connector: str, *, now: float, fresh: bool = False) -> Window | None:
+        """The connector's window (cached for ``policy.cache_s``)."""
+        cached = self._cache.get(connector)
+        if cached is not None and not fresh and 0 <= now - cached[0] < self.policy.cache_s:
+            return cached[1]
+        entry = await self.state.state_get(RATE_SPACE, connector)
+        window = Window.from_doc(entry.value) if entry is not None else None
+        self._cache[connector] = (now, window, entry.version if entry is not None else None)
+        return window
+
+    async def _run_ok(self, connector: str, window: Window) -> int:
+        since = int(window.run_start / _OK_BUCKET_S)
+        sums = await self.state.counter_sums([f"rate:{connector}:ok"], since_bucket=since)
+        return sums.get(f"rate:{connector}:ok", 0)
+
+    async def reserve(
+        self,
+        connector: str,
+        *,
+        now: float,
+        holder: str,
+        configured: tuple[int, float] | None = None,
+    ) -> Reservation:
+        """Take the next start slot of ``connector`` for one call.
+
+        A connector never answered before (no window and no catalog limit) sends one call
+        alone (a lease) and the rest ask again shortly: its answer tells how to pace them.
+        """
+        window = await self.window(connector, now=now)
+        if window is None and configured is None and self.policy.slow_start:
+            if await self.state.lease_take(
+                f"rate:{connector}:discover", holder, ttl_s=self.policy.discover_ttl_s, now=now
+            ):
+                return Reservation(start=now)
+            window = await self.window(connector, now=now, fresh=True)
+            if window is None:
+                return Reservation(start=None, retry_in_s=0.1)
+        run_ok = 0
+        if window is not None and window.learning and not window.known and configured is None:
+            run_ok = await self._run_ok(connector, window)
+        gap = spacing_s(window, configured, self.policy, run_ok=run_ok)
+        blocked = window.blocked_until if window is not None else 0.0
+        gen = window.gen if window is not None else 0
+        if gap <= 0 and blocked <= now:
+            return Reservation(start=now, gen=gen)
+        # A spent window with no known pace still hands out distinct starts: no herd at reset.
+        gap = gap if gap > 0 else self.policy.start_spacing_s
+        # One slot queue per generation: a new pace or block starts a fresh queue.
+        start = await self.state.slot_take(
+            f"rate:{connector}:g{gen}",
+            spacing_s=gap,
+            now=now,
+            not_before=blocked if blocked > now else None,
+        )
+        quota = bool(window and window.quota and blocked > now)
+        return Reservation(start=start, quota=quota, gen=gen)
+
+    async def still_valid(self, connector: str, reservation_gen: int, *, now: float) -> bool:
+        """Read the window afresh before sending: a slot of an older generation (the pace
+        changed, or a 429 blocked the connector since) must be taken again."""
+        window = await self.window(connector, now=now, fresh=True)
+        return window is None or window.gen == reservation_gen
+
+    async def observe(
+        self,
+        connector: str,
+        info: RateLimitInfo | None,
+        *,
+        now: float,
+        throttled: bool = False,
+        retry_after_s: float | None = None,
+        quota: bool = False,
+        configured: bool = False,
+    ) -> Window:
+        """Learn from one answer (every answer, not only 429s); see :func:`learn`.
+
+        ``configured``: the catalog names the connector's limit, which then paces it; a 429
+        that says nothing but Retry-After only blocks it until the reset."""
+        old = await self.window(connector, now=now)
+        cur = old or Window()
+        run_ok = 0
+        spent = throttled or (info is not None and info.exhausted)
+        if cur.learning and not spent:
+            bucket = int(now / _OK_BUCKET_S)
+            keep = int((now - self.policy.max_paced_window_s * 2) / _OK_BUCKET_S)
+            await self.state.counter_add(f"rate:{connector}:ok", bucket, 1, keep_from=keep)
+            run_ok = await self._run_ok(connector, cur) if not cur.known else 0
+        learned: tuple[int, float] | None = None
+        no_limit = info is None or not info.limit
+        if cur.learning and throttled and no_limit and retry_after_s is not None and not configured:
+            # Retry-After alone: the successes of the window that just filled are its quota.
+            end = now + retry_after_s
+            window_s = retry_after_window(cur, end, retry_after_s)
+            since = end - window_s if window_s else (cur.run_start or now)
+            key = f"rate:{connector}:ok"
+            sums = await self.state.counter_sums([key], since_bucket=int(since / _OK_BUCKET_S))
+            if sums[key] > 0:
+                learned = (sums[key], window_s or max(retry_after_s, 1.0))
+        new = learn(
+            cur,
+            info,
+            now=now,
+            throttled=throttled,
+            retry_after_s=retry_after_s,
+            quota=quota,
+            run_ok=run_ok,
+            fallback_wait_s=self.policy.start_spacing_s * 10,
+            ramp_end=self.policy.start_step * _RAMP_HALVINGS,
+            learned=learned,
+        )
+        if old is None or _matters(old, new, now):
+            await self._write(connector, new, now)
+        return new
+
+    async def _write(self, connector: str, window: Window, now: float) -> None:
+        cached = self._cache.get(connector)
+        version = cached[2] if cached is not None else None
+        written = await self.state.state_put(
+            RATE_SPACE, connector, window.to_doc(), expected_version=version, now=now
+        )
+        if written is None:  # another worker wrote first: ours is as new, it wins
+            written = await self.state.state_put(
+                RATE_SPACE, connector, window.to_doc(), expected_version=ANY_VERSION, now=now
+            )
+        self._cache[connector] = (now, window, written)
+
+
+def _matters(old: Window, new: Window, now: float) -> bool:
+    """Whether a change is worth a store write (not every answer rewrites the document)."""
+    if (old.limit, old.window_s, old.quota, old.source, old.gen) != (
+        new.limit,
+        new.window_s,
+        new.quota,
+        new.source,
+        new.gen,
+    ):
+        return True
+    if new.blocked_until > max(old.blocked_until, now) + 0.05:
+        return True
+    if new.reset_at > old.reset_at + 0.5:
+        return True  # once per window: the next jump is measured from it
+    return old.run_start == 0.0 and new.run_start > 0.0

@@ -1,7 +1,8 @@
 """A healing integration worker in its own process, for chaos tests that kill it.
 
     python tests/chaos/worker_proc.py --address 127.0.0.1:7233 --task-queue tq \
-        --connectors connectors.toml [--config-json '{"backoff": {"initial_s": 0.2}}']
+        --connectors connectors.toml [--config-json '{"backoff": {"initial_s": 0.2}}'] \
+        [--store sqlite:///path/healing.db]
 
 Runs a `Worker` with `HealingPlugin`, `IntegrationWorkflow` and `IntegrationActivities` over the
 catalog file; prints `READY pid=<pid>` on stdout once the worker polls, and stops cleanly on
@@ -30,17 +31,20 @@ from temporalio.worker import Worker  # noqa: E402
 from activities import IntegrationActivities  # noqa: E402
 from healing import HealingConfig, HealingPlugin  # noqa: E402
 from healing.catalog import ConnectorCatalog  # noqa: E402
+from healing.store import connect_store  # noqa: E402
 from workflows import IntegrationWorkflow  # noqa: E402
 
 
 async def run(args: argparse.Namespace, config: HealingConfig, catalog: ConnectorCatalog) -> None:
-    plugin = HealingPlugin(config, alternatives=catalog.alternatives())
+    # --store: the fleet's breakers, rate windows and retry budget live there (DESIGN s5b).
+    store = await connect_store(args.store) if args.store else None
+    plugin = HealingPlugin(config, alternatives=catalog.alternatives(), store=store)
     client = await Client.connect(args.address, namespace=args.namespace, plugins=[plugin])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with IntegrationActivities(catalog) as acts:
+    async with IntegrationActivities(catalog, fleet=store, rate_limit=config.rate_limit) as acts:
         worker = Worker(
             client,
             task_queue=args.task_queue,
@@ -53,6 +57,8 @@ async def run(args: argparse.Namespace, config: HealingConfig, catalog: Connecto
         async with worker:
             print(f"READY pid={os.getpid()}", flush=True)
             await stop.wait()
+    if store is not None:
+        await store.close()
 
 
 def main() -> None:
@@ -64,6 +70,7 @@ def main() -> None:
     parser.add_argument("--config-json", default="{}", help="HealingConfig fields as JSON")
     parser.add_argument("--max-activities", type=int, default=50)
     parser.add_argument("--sticky-timeout-s", type=float, default=2.0)
+    parser.add_argument("--store", default="", help="HEALING_STORE URL shared by the workers")
     args = parser.parse_args()
     if not args.address:
         parser.error("--address (or TEMPORAL_ADDRESS) is required")

@@ -13,9 +13,9 @@ from healing.backoff import (
     backoff_delay,
     backoff_schedule,
     parse_retry_after,
-    reset_delay,
 )
 from healing.config import BackoffPolicy
+from healing.ratelimit import reset_delay
 
 NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
 SPEC = BackoffPolicy()  # initial 1 s, x2, cap 30 s, jitter +-20%, 3 retries

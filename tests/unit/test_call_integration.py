@@ -25,7 +25,12 @@ from healing.catalog import ConnectorCatalog
 from healing.classify import classify_error, detect_error
 from healing.config import HealingConfig
 from healing.credentials import Credential
-from healing.errors import IntegrationFailure, RequestRefused, ResponseTooLarge, SchemaMismatch
+from healing.errors import (
+    IntegrationFailure,
+    PacingWait,
+    RequestRefused,
+    ResponseTooLarge,
+)
 from healing.integration import (
     CallContext,
     CallHints,
@@ -689,17 +694,22 @@ async def test_reroute_to_an_alternative_without_the_operation_fails_for_good(
     assert crm.stats().total_calls == 0
 
 
-async def test_response_model_validation_and_schema_mapping_hint(
+async def test_response_model_drift_is_adapted_in_the_same_attempt_and_remembered(
     acts: IntegrationActivities, crm: ChaosAPI
 ) -> None:
     crm.set_plan(FaultPlan(rules=[FaultRule(path="/contacts/*", always=SchemaRenameFault())]))
     req = CallRequest(connector="crm", operation="get_checked_contact", params={"id": "3"})
-    with pytest.raises(SchemaMismatch) as info:
-        await run(acts, req)
-    assert "email" in info.value.missing
-
-    out = await run(acts, req, hints=CallHints(schema_mapping={"email_address": "email"}))
+    out = await run(acts, req)
+    # The body already received was adapted: one upstream call, no SCHEMA_MISMATCH.
+    assert crm.stats().calls_to("GET", "/contacts/3") == 1
     assert out["result"] == {"id": "3", "email": "c3@example.com", "name": "Contact 3"}
+    assert out["healing"]["schema"]["renames"] == {"email_address": "email"}
+    assert "renamed email -> email_address" in out["healing"]["drift"]
+
+    again = await run(acts, req)
+    assert again["result"] == out["result"]
+    assert again["healing"]["schema"] == {"mapping_id": out["healing"]["schema"]["mapping_id"]}
+    assert crm.stats().calls_to("GET", "/contacts/3") == 2
 
 
 # --- client-side pacing -------------------------------------------------------------------
@@ -716,19 +726,20 @@ path = "/things/{{id}}"
     return IntegrationActivities(ConnectorCatalog.from_toml(text), clock=lambda: 100.0)
 
 
-async def test_long_client_side_wait_is_handed_to_the_server_as_a_429(
+async def test_long_client_side_wait_is_handed_to_the_server_as_a_pacing_wait(
     echo: RecordingServer,
 ) -> None:
     acts = _paced(echo, per_s=60)
     req = CallRequest(connector="echo", operation="get_thing", params={"id": "1"})
     try:
         await run(acts, req)
-        with pytest.raises(IntegrationFailure) as info:
+        with pytest.raises(PacingWait) as info:
             await run(acts, req)
     finally:
         await acts.aclose()
-    assert info.value.status_code == 429
-    assert info.value.headers["retry-after"] == "60"
+    # Not a 429: a wait for its own slot (60 s per call, at 98% of the limit), never a failure.
+    assert info.value.wait_s == pytest.approx(60 / 0.98, abs=1.0)
+    assert not info.value.quota
     assert len(echo.seen) == 1  # the second call was never sent
 
 
@@ -740,14 +751,14 @@ async def test_short_client_side_wait_sleeps_with_heartbeats(echo: RecordingServ
     env.on_heartbeat = lambda *details: beats.append(details)
     loop = asyncio.get_running_loop()
     try:
-        await env.run(acts.call_integration, req)
         started = loop.time()
+        await env.run(acts.call_integration, req)
         await env.run(acts.call_integration, req)
         waited = loop.time() - started
     finally:
         await acts.aclose()
     assert len(echo.seen) == 2
-    assert waited >= 0.29
+    assert waited >= 0.3  # the second start slot is 0.3 s / 0.98 after the first
     assert beats
 
 

@@ -24,9 +24,10 @@ from hypothesis.strategies import SearchStrategy
 
 import healing.classify as classify_module
 import healing.redact as redaction
-from healing.backoff import parse_retry_after, reset_delay
+from healing.backoff import parse_retry_after
 from healing.classify import Failure, Rule, classify_error, detect_error, message_template
 from healing.errors import IntegrationFailure, SchemaMismatch
+from healing.ratelimit import reset_delay
 from healing.redact import REDACTED, redact
 from healing.types import Classification, ErrorType
 
