@@ -14,10 +14,9 @@ never go into an error.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
-import math
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -29,21 +28,32 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from temporalio import activity
 
+from healing import metrics
+from healing.adaptation import Adaptation, adapt
 from healing.backoff import parse_retry_after
 from healing.catalog import ConnectorCatalog, ConnectorSpec, OperationSpec, resolve_model
+from healing.config import RateLimitPolicy
+from healing.credentials import check_connection
+from healing.drift import DriftBook, DriftReview, SchemaMapping, evidence_lines, mapping_id
 from healing.errors import (
     ConfigError,
     CredentialError,
     IntegrationFailure,
+    PacingWait,
     RequestRefused,
     ResponseTooLarge,
+    SchemaMismatch,
 )
 from healing.integration import current_call, integration
-from healing.ratelimit import RateLimiter, parse_rate_limit_headers
+from healing.names import CALL_INTEGRATION_ACTIVITY, DRIFT_REVIEW_KEY
+from healing.ratelimit import FleetPacer, parse_rate_limit_headers
 from healing.redact import is_secret_header, scrub
-from healing.schema import validate_response
+from healing.store.base import FleetState
+from healing.store.memory import MemoryFleetState
 
-CALL_INTEGRATION = "call_integration"
+logger = logging.getLogger("healing")
+
+CALL_INTEGRATION = CALL_INTEGRATION_ACTIVITY
 """Activity type name of the generic integration call."""
 MAX_ERROR_TEXT = 4096
 """A non-JSON error body is cut to this many characters."""
@@ -54,7 +64,8 @@ _QUERY_METHODS = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})
 
 
 class TokenSource(Protocol):
-    """Gives the current access token of a connector (``healing.credentials.TokenRefresher``)."""
+    """Gives the current access token of a connector (``healing.oauth.TokenRefresher``; one
+    with ``credential(connector, connection)`` also serves a step's ``connection``)."""
 
     async def access_token(self, connector: str) -> str: ...
 
@@ -74,6 +85,11 @@ class CallRequest(BaseModel):
     body: Any = None
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra, non-secret request headers (credentials come from the connector's auth)."""
+    connection: str = Field(default="default", min_length=1)
+    """The account/tenant whose stored credential the call uses (DESIGN s3)."""
+
+    # Checked here too: the name goes into store keys and the commands escalations print.
+    _connection = field_validator("connection")(check_connection)
 
     @field_validator("headers")
     @classmethod
@@ -103,7 +119,13 @@ class IntegrationActivities:
         tokens: Source of OAuth2 access tokens, needed by connectors with ``kind = "oauth2"``.
         transport: httpx transport for every client (tests, proxies); default is httpx's.
         environ: Where ``api_key_env`` variables are read; ``os.environ`` by default.
-        clock: Monotonic seconds for client-side pacing.
+        clock: Monotonic seconds for client-side pacing (kept for callers; pacing runs on
+            ``wall_clock``).
+        fleet: The store's fleet state, so rate-limit windows are the fleet's (every worker on
+            the same store paces by one window); default: this process only.
+        wall_clock: Epoch seconds for the fleet's rate-limit slots.
+        drift: Schema mappings and drift records when no healing interceptor runs the call
+            (the interceptor's own, over its store, otherwise); default: this process only.
     """
 
     def __init__(
@@ -114,14 +136,20 @@ class IntegrationActivities:
         transport: httpx.AsyncBaseTransport | None = None,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        drift: DriftBook | None = None,
+        fleet: FleetState | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        rate_limit: RateLimitPolicy | None = None,
     ) -> None:
         self.catalog = catalog
+        self.pacer = FleetPacer(fleet if fleet is not None else MemoryFleetState(), rate_limit)
+        self._wall = wall_clock
+        self._drift = drift or DriftBook(MemoryFleetState())
         self._tokens = tokens
         self._transport = transport
         self._environ = os.environ if environ is None else environ
         self._clock = clock
         self._clients: dict[tuple[str, str, float], httpx.AsyncClient] = {}
-        self._limiters: dict[str, RateLimiter] = {}
 
     def client(self, connector: str) -> httpx.AsyncClient:
         """The connector's client, created on first use and reused afterwards."""
@@ -170,7 +198,7 @@ class IntegrationActivities:
             raise RequestRefused(str(exc), connector=connector, operation=req.operation) from exc
         path, query, body = _request_parts(op, req)
         await self._pace(connector, spec, req.operation)
-        auth = await self._auth_headers(connector, spec)
+        auth = await self._auth_headers(connector, spec, req.connection)
         headers = {**req.headers, **auth}
         if not op.is_idempotent:
             headers["Idempotency-Key"] = idempotency_key(
@@ -184,7 +212,7 @@ class IntegrationActivities:
             headers=headers,
             timeout=op.timeout_s if op.timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
         ) as response:
-            self._observe(connector, response)
+            await self._observe(connector, response)
             try:
                 content = await _read_body(
                     response, spec.max_response_bytes, connector, req.operation
@@ -198,20 +226,144 @@ class IntegrationActivities:
                 exc.headers = scrub(exc.headers, sent)
                 exc.args = scrub(exc.args, sent)
                 raise
-        if model is not None:
-            mapping = ctx.hints.schema_mapping if ctx else {}
-            payload = validate_response(model, payload, mapping).model_dump(mode="json")
-        return {
+        healing: dict[str, Any] = {
+            "attempt": activity.info().attempt,
+            "counts_by_type": dict(ctx.counts_by_type) if ctx else {},
+        }
+        out: dict[str, Any] = {
             "result": payload,
             "status": response.status_code,
             "connector": connector,
-            "healing": {
-                "attempt": activity.info().attempt,
-                "counts_by_type": dict(ctx.counts_by_type) if ctx else {},
-            },
+            "healing": healing,
+        }
+        if model is not None:
+            # The body already received is adapted here: the request is never sent again.
+            fit = await self._fit(model, payload, connector, req, op)
+            healing.update(fit.pop("healing", {}))
+            out.update(fit)
+        return out
+
+    async def _fit(
+        self,
+        model: type[BaseModel],
+        payload: Any,
+        connector: str,
+        req: CallRequest,
+        op: OperationSpec,
+    ) -> dict[str, Any]:
+        """Validate ``payload``, adapting it to drift by the operation's ``schema_drift``.
+
+        Returns what joins the result: ``result`` (the validated model), ``extra`` (keys the
+        model does not know), and ``healing.drift`` / ``healing.schema``; or, for a review, a
+        ``DRIFT_REVIEW_KEY`` entry holding the response for a human's ``accept_mapping``.
+
+        Raises:
+            SchemaMismatch: no mapping fits, or a proposal the workflow side cannot hold
+                (no healing interceptor, or an older one), or a store failure while
+                storing a proposal: the message names the fields. Never retried.
+        """
+        ctx = current_call()
+        book = ctx.drift if ctx is not None and ctx.drift is not None else self._drift
+        policy = op.drift_policy
+        known = await book.active(connector, req.operation)
+        if policy == "pause" and known is not None and not known.by_human:
+            known = None  # pause: only a mapping a human approved applies
+        legacy = ctx.hints.schema_mapping if ctx else {}
+        if known is None and legacy:  # a workflow started before mappings lived in the store
+            known = SchemaMapping(
+                mapping_id="hint", connector=connector, operation=req.operation, renames=legacy
+            )
+        found = adapt(
+            model,
+            payload,
+            known=known.known if known is not None else None,
+            request=req.body if req.body is not None else req.params,
+        )
+        await book.record(connector, req.operation, found.changes)
+        if found.changes or not found.ok:
+            metrics.activity_schema_drift(connector, req.operation)
+        drift = [c.describe() for c in found.changes]
+        where = f"{connector}.{req.operation}"
+        if found.ok and found.known:
+            schema = (
+                {"mapping_id": known.mapping_id}
+                if known is not None and found.needs_mapping
+                else {}
+            )
+            healing = {"drift": drift, **({"schema": schema} if schema else {})}
+            return {"result": found.data, "extra": found.extra, "healing": healing}
+        if not found.ok:
+            why = f'schema_drift = "pause" for {where}' if policy == "pause" else ""
+            raise _mismatch(where, model, found, why)
+        # A pinned mapping is a human's: automatic adaptation never replaces it.
+        pinned = known is not None and known.status == "pinned"
+        auto = found.automatic and policy == "adapt" and not pinned
+        try:
+            learned = await book.learn(
+                connector,
+                req.operation,
+                found,
+                status="active" if auto else "proposed",
+                decided_by="healing" if auto else None,
+            )
+        except Exception as exc:  # the store failed; the response is already here
+            if not auto:  # nothing to hold a proposal in: a human fixes it (never re-sent)
+                why = f"the proposed mapping could not be stored ({type(exc).__name__})"
+                raise _mismatch(where, model, found, why) from None
+            logger.warning("schema mapping of %s not stored (%s): adapted anyway", where, exc)
+            learned = SchemaMapping(
+                mapping_id=mapping_id(connector, req.operation, found.renames, found.envelope),
+                connector=connector,
+                operation=req.operation,
+                renames=found.renames,
+                envelope=found.envelope,
+                status="active",
+                evidence=evidence_lines(found),
+            )
+        if learned.status == "rejected":
+            why = (
+                f"mapping {learned.mapping_id} ({learned.describe()}) was rejected by "
+                f"{learned.decided_by}; fix the response model, or `healing drift approve "
+                f"{learned.mapping_id}`"
+            )
+            raise _mismatch(where, model, found, why)
+        applies = learned.status in ("active", "pinned")  # learned now, or approved meanwhile
+        if applies and (policy != "pause" or learned.by_human):
+            schema = {
+                "adapted": True,
+                "operation": req.operation,
+                "mapping_id": learned.mapping_id,
+                "mapping": learned.describe(),
+                "renames": learned.renames,
+                "envelope": learned.envelope,
+                "confidence": found.confidence,
+                "evidence": learned.evidence,
+            }
+            return {
+                "result": found.data,
+                "extra": found.extra,
+                "healing": {"drift": drift, "schema": schema},
+            }
+        if ctx is None or not ctx.hints.drift_reviews:  # nobody to hold the response for
+            why = f"proposed mapping {learned.mapping_id} ({learned.describe()}) needs approval"
+            raise _mismatch(where, model, found, why)
+        review = DriftReview(
+            proposal=learned.model_dump(mode="json"),
+            body=payload,
+            model=op.response_model or "",
+            explanation=_review_text(where, policy, found, learned.describe()),
+            drift=drift,
+            resend_safe=op.is_idempotent,
+        )
+        return {
+            "result": None,
+            DRIFT_REVIEW_KEY: review.model_dump(mode="json"),
+            "healing": {"drift": drift},
         }
 
-    async def _auth_headers(self, connector: str, spec: ConnectorSpec) -> dict[str, str]:
+    async def _auth_headers(
+        self, connector: str, spec: ConnectorSpec, connection: str = "default"
+    ) -> dict[str, str]:
         auth = spec.auth
         if auth.kind == "oauth2":
             if self._tokens is None:
@@ -223,7 +375,12 @@ class IntegrationActivities:
             credential = getattr(self._tokens, "credential", None)
             if credential is None:
                 return {auth.header: f"Bearer {await self._tokens.access_token(connector)}"}
-            cred = await credential(connector)
+            # A one-argument credential() (older token sources) serves the default account.
+            cred = await (
+                credential(connector)
+                if connection == "default"
+                else credential(connector, connection)
+            )
             ctx = current_call()
             if ctx is not None:
                 ctx.token_version = cred.version
@@ -240,46 +397,82 @@ class IntegrationActivities:
         return {}
 
     async def _pace(self, connector: str, spec: ConnectorSpec, operation: str) -> None:
-        """Wait for a client-side rate-limit slot; long waits go back to the server."""
-        limiter = self._limiters.get(connector)
-        if limiter is None and spec.rate_limit is not None:
-            limit = spec.rate_limit
-            limiter = RateLimiter(limit.requests, limit.per_s, now=self._clock())
-            self._limiters[connector] = limiter
-        if limiter is None:
-            return
-        wait = limiter.reserve(self._clock(), max_wait_s=MAX_PACING_WAIT_S)
-        if wait > MAX_PACING_WAIT_S:
-            raise IntegrationFailure(
-                f"{connector}.{operation}: client-side rate limit, next slot in {wait:.1f}s",
-                status_code=429,
-                headers={"retry-after": str(math.ceil(wait))},
-                connector=connector,
-                operation=operation,
-            )
-        while wait > 0:
-            # Keep the interceptor's ledger in the heartbeat details: it survives retries.
-            activity.heartbeat(*activity.info().heartbeat_details)
-            step = min(wait, 0.5)
-            await asyncio.sleep(step)
-            wait -= step
+        """Wait for this call's fleet rate-limit slot; long waits go back to the server as a
+        ``PacingWait`` (the interceptor makes it a server-side wait, not a failed attempt).
 
-    def _observe(self, connector: str, response: httpx.Response) -> None:
-        """Refine pacing from the vendor's rate-limit headers."""
-        info = parse_rate_limit_headers(response.headers, now_epoch=time.time())
-        if info is None:
+        Right before sending, the window is read afresh: a slot taken before the pace changed
+        or a 429 blocked the connector is taken again, so queued calls never send into a
+        spent window."""
+        ctx = current_call()
+        policy = self.pacer.policy
+        info = activity.info()
+        limit = spec.rate_limit
+        configured = (limit.requests, limit.per_s) if limit is not None else None
+        holder = f"{info.workflow_id}:{info.activity_id}:{info.attempt}"
+        start = ctx.slot_at if ctx is not None else None
+        gen = ctx.slot_gen if ctx is not None else 0
+        quota = False
+        queued = start is not None  # a slot an earlier attempt waited for on the server
+        discovered = False  # waited for a new connector's first answer
+        for _ in range(8):  # each pass follows a newer generation; a few always suffice
+            if start is None:
+                asked = self._wall()
+                waited = 0.0
+                while True:
+                    reservation = await self.pacer.reserve(
+                        connector, now=self._wall(), holder=holder, configured=configured
+                    )
+                    if reservation.start is not None or waited >= max(policy.inline_wait_s, 0.1):
+                        break
+                    # The connector's first answer is out: it tells how to pace the rest.
+                    activity.heartbeat(*info.heartbeat_details)
+                    await asyncio.sleep(reservation.retry_in_s)
+                    waited += reservation.retry_in_s
+                    discovered = True
+                start = reservation.start if reservation.start is not None else self._wall() + 1
+                gen, quota = reservation.gen, reservation.quota
+                queued = start > asked + 0.001
+            wait = start - self._wall()
+            if wait > policy.inline_wait_s:
+                what = "quota" if quota else "rate limit"
+                raise PacingWait(
+                    f"{connector}.{operation}: fleet {what} slot in {wait:.1f}s",
+                    connector=connector,
+                    slot_at=start,
+                    wait_s=wait,
+                    quota=quota,
+                    gen=gen,
+                )
+            while wait > 0:
+                # Keep the interceptor's ledger in the heartbeat details: it survives retries.
+                activity.heartbeat(*info.heartbeat_details)
+                await asyncio.sleep(min(wait, 0.5))
+                wait = start - self._wall()
+            if not queued or await self.pacer.still_valid(connector, gen, now=self._wall()):
+                break
+            start = None
+        if (queued or discovered) and ctx is not None and ctx.gate is not None:
+            await ctx.gate()  # the circuit may have opened while this call waited
+
+    async def _observe(self, connector: str, response: httpx.Response) -> None:
+        """Teach the fleet's window what this answer's rate-limit headers say (every answer)."""
+        now = self._wall()
+        info = parse_rate_limit_headers(response.headers, now_epoch=now)
+        throttled = response.status_code == 429
+        retry_after = parse_retry_after(
+            response.headers.get("retry-after"), now=datetime.fromtimestamp(now, UTC)
+        )
+        if info is None and not throttled and not self.pacer.policy.slow_start:
             return
-        retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
-        if retry_after is not None and info.exhausted:
-            # The server's own Retry-After is the better reset than a whole window.
-            info = dataclasses.replace(info, reset_after_s=retry_after)
-        limiter = self._limiters.get(connector)
-        if limiter is None:
-            created = RateLimiter.from_info(info, now=self._clock())
-            if created is not None:
-                self._limiters[connector] = created
-        else:
-            limiter.observe(info, self._clock())
+        configured = self.catalog.connector(connector).rate_limit is not None
+        await self.pacer.observe(
+            connector,
+            info,
+            now=now,
+            throttled=throttled,
+            retry_after_s=retry_after,
+            configured=configured,
+        )
 
 
 def _request_parts(op: OperationSpec, req: CallRequest) -> tuple[str, dict[str, Any], Any]:
@@ -411,3 +604,31 @@ def _error_body(content: bytes, response: httpx.Response) -> Any:
         return json.loads(text)
     except Exception:  # ValueError, RecursionError, MemoryError: all mean "not readable JSON"
         return text[:MAX_ERROR_TEXT]
+
+
+def _mismatch(where: str, model: type[BaseModel], found: Adaptation, why: str) -> SchemaMismatch:
+    """The field-level SCHEMA_MISMATCH for a response no mapping fits (names, never values)."""
+    head = f"{where}: the response does not fit {model.__name__}"
+    detail = "; ".join(p for p in (why, found.explain()) if p)
+    unexpected = [c.path for c in found.changes if c.kind == "added"]
+    unexpected += [c.observed for c in found.candidates]
+    return SchemaMismatch(
+        f"{head}: {detail}",
+        missing=found.missing,
+        unexpected=sorted(set(unexpected)),
+        mapping={},  # nothing to retry with: the workflow side must not re-send the request
+        connector=where.split(".")[0],
+        operation=where.split(".", 1)[-1],
+    )
+
+
+def _review_text(where: str, policy: str, found: Adaptation, mapping: str) -> str:
+    rules = {
+        "review": f' (schema_drift = "review" for {where}: every new mapping needs a human)',
+        "pause": f' (schema_drift = "pause" for {where}: no mapping applies without a human)',
+    }
+    missing = ", ".join(sorted(found.renames.values())) or "none"
+    return (
+        f"The response of {where} drifted; missing fields: {missing}; proposed mapping: "
+        f"{mapping}{rules.get(policy, '')}. {found.explain()}"
+    )

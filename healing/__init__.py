@@ -7,7 +7,14 @@ to a human otherwise.
 
 from healing.activities import HealingActivities, healing_activities
 from healing.classify import Failure, classify_error, detect_error
-from healing.config import BackoffPolicy, BreakerPolicy, HealingConfig, LearningPolicy
+from healing.config import (
+    BackoffPolicy,
+    BreakerPolicy,
+    HealingConfig,
+    LearningPolicy,
+    RateLimitPolicy,
+    RetryBudgetPolicy,
+)
 from healing.errors import (
     ConfigError,
     CredentialError,
@@ -68,8 +75,10 @@ __all__ = [
     "HealingStrategy",
     "IntegrationFailure",
     "LearningPolicy",
+    "RateLimitPolicy",
     "RequestRefused",
     "ResponseTooLarge",
+    "RetryBudgetPolicy",
     "SchemaMismatch",
     "SelfHealingInterceptor",
     "TokenEndpointUnavailable",

@@ -7,15 +7,25 @@ Activities take plain dicts (not models) so they work under any data converter; 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from healing.adaptation import adapt
+from healing.catalog import resolve_model
 from healing.config import HealingConfig
-from healing.errors import CredentialError, GrantRevoked
+from healing.drift import MAPPING_ID, MAPPINGS_SPACE, DriftBook, DriftReview
+from healing.errors import (
+    ConfigError,
+    CredentialError,
+    GrantRevoked,
+    SecretKeyMismatch,
+    TokenEndpointUnavailable,
+)
 from healing.eventlog import EventLog
 from healing.metrics import notification as count_notification
 from healing.names import (
@@ -28,10 +38,12 @@ from healing.names import (
     NOTIFY_REJECTED_TYPE,
     RECORD_ACTIVITY,
     REFRESH_ACTIVITY,
+    TOKEN_ENDPOINT_TYPE,
 )
 from healing.notify import Notification, NotifyError, deliver, describe_target, notify_format
 from healing.patterns import PatternCache
 from healing.store.base import Store
+from healing.store.memory import MemoryFleetState
 from healing.types import ErrorPattern, ErrorType, HealingEvent
 
 logger = logging.getLogger("healing")
@@ -39,7 +51,12 @@ logger = logging.getLogger("healing")
 
 class Refresher(Protocol):
     async def refresh(
-        self, connector: str, *, seen_version: int | None = None, reason: str = ""
+        self,
+        connector: str,
+        connection: str = "default",
+        *,
+        seen_version: int | None = None,
+        reason: str = "",
     ) -> Any: ...
 
 
@@ -70,6 +87,7 @@ class HealingActivities:
         self.tokens = tokens
         self.interceptor = interceptor
         self.schema_mappings: dict[tuple[str, str], dict[str, str]] = {}
+        self._drift = DriftBook(MemoryFleetState())
 
     @activity.defn(name=MATCH_ACTIVITY)
     async def match_pattern(self, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -107,7 +125,11 @@ class HealingActivities:
 
     @activity.defn(name=REFRESH_ACTIVITY)
     async def refresh_credentials(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Refresh the (connector, connection) credential past ``seen_version``, once for the
+        fleet (``healing.oauth.TokenRefresher``). A dead grant fails non-retryable
+        (GrantRevoked), a token-endpoint failure retryable (TokenEndpointUnavailable)."""
         connector = str(request.get("connector") or "")
+        connection = str(request.get("connection") or "default")
         if self.tokens is None:
             raise ApplicationError(
                 f"no credential refresher is configured for connector {connector!r}",
@@ -116,20 +138,49 @@ class HealingActivities:
             )
         try:
             seen = request.get("seen_version")
+            account = () if connection == "default" else (connection,)  # older refreshers
             cred = await self.tokens.refresh(
                 connector,
+                *account,
                 seen_version=int(seen) if seen is not None else None,
                 reason=str(request.get("reason", "")),
             )
         except GrantRevoked as exc:
-            raise ApplicationError(str(exc), type=GRANT_REVOKED_TYPE, non_retryable=True) from None
+            # Expected outcomes, told to a human by the escalation: no SDK traceback per call.
+            raise ApplicationError(
+                str(exc),
+                type=GRANT_REVOKED_TYPE,
+                non_retryable=True,
+                category=ApplicationErrorCategory.BENIGN,
+            ) from None
+        except TokenEndpointUnavailable as exc:
+            raise ApplicationError(
+                str(exc), type=TOKEN_ENDPOINT_TYPE, category=ApplicationErrorCategory.BENIGN
+            ) from None
         except CredentialError as exc:
             raise ApplicationError(str(exc), type=CREDENTIAL_ERROR_TYPE) from None
+        except SecretKeyMismatch as exc:  # a setup error: retrying with this key cannot help
+            raise ApplicationError(
+                str(exc), type=CREDENTIAL_ERROR_TYPE, non_retryable=True
+            ) from None
         # Only the version leaves the activity: tokens never enter history.
-        return {"connector": connector, "version": getattr(cred, "version", None)}
+        out: dict[str, Any] = {"connector": connector, "version": getattr(cred, "version", None)}
+        if connection != "default":
+            out["connection"] = connection
+        return out
 
     @activity.defn(name=ADAPT_ACTIVITY)
     async def adapt_schema(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Apply a schema mapping.
+
+        With ``review`` (a held ``DriftReview``): a human accepted the mapping ``mapping_id``
+        (default: the proposal); it becomes active for the fleet and the response already
+        received is read with it; returns ``{"result", "extra", "healing"}``. Nothing is sent
+        upstream. Without: the mapping a user activity's SchemaMismatch proposed is returned
+        for the next attempt (names only).
+        """
+        if request.get("review") is not None:
+            return await self._accept(request)
         mapping = request.get("mapping")
         if not isinstance(mapping, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
@@ -141,6 +192,77 @@ class HealingActivities:
         self.schema_mappings[key] = {**self.schema_mappings.get(key, {}), **mapping}
         logger.info("schema of %s.%s adapted: %s", key[0], key[1], mapping)
         return {"mapping": self.schema_mappings[key]}
+
+    @property
+    def drift(self) -> DriftBook:
+        """The interceptor's mappings (over its store), else this worker's own."""
+        book = getattr(self.interceptor, "drift", None)
+        return book if isinstance(book, DriftBook) else self._drift
+
+    async def _accept(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            review = DriftReview.model_validate(request["review"])
+            model = resolve_model(review.model)
+        except (ValueError, ConfigError) as exc:
+            raise ApplicationError(
+                f"cannot read the held response: {exc}", non_retryable=True
+            ) from None
+        proposal = review.mapping
+        wanted = str(request.get("mapping_id") or proposal.mapping_id)
+        decided_by = str(request.get("decided_by") or "unknown")
+        if not MAPPING_ID.fullmatch(wanted):
+            raise ApplicationError(
+                f"{wanted!r} is not a schema mapping id (m- and 10 hex digits)", non_retryable=True
+            )
+        # Checked before anything is decided: a foreign, rejected or unfitting mapping must
+        # never become active for the fleet.
+        stored = await self.drift.get(wanted)
+        if stored is None and wanted != proposal.mapping_id:
+            raise ApplicationError(f"no schema mapping has id {wanted!r}", non_retryable=True)
+        candidate = stored or proposal
+        if (candidate.connector, candidate.operation) != (proposal.connector, proposal.operation):
+            raise ApplicationError(
+                f"mapping {wanted} is for {candidate.connector}.{candidate.operation}, not "
+                f"{proposal.connector}.{proposal.operation}",
+                non_retryable=True,
+            )
+        if candidate.status == "rejected":
+            raise ApplicationError(
+                f"mapping {wanted} was rejected by {candidate.decided_by}; approve it first "
+                f"(`healing drift approve {wanted}`) or choose another option",
+                non_retryable=True,
+            )
+        found = adapt(model, review.body, known=candidate.known)
+        if not (found.ok and found.known):
+            raise ApplicationError(
+                f"mapping {wanted} ({candidate.describe()}) does not make the response fit "
+                f"{model.__name__}: {found.explain()}",
+                non_retryable=True,
+            )
+        if stored is None:  # a store-less worker restarted since the proposal: store it again
+            await self.drift.state.state_put(
+                MAPPINGS_SPACE, wanted, proposal.model_dump(mode="json", exclude={"version"}),
+                expected_version=None, now=time.time(),
+            )  # fmt: skip
+        if candidate.status == "pinned":  # already a human's choice: keep it pinned
+            mapping = candidate
+        else:
+            mapping = await self.drift.decide(wanted, "active", decided_by=decided_by)
+        logger.info(
+            "schema mapping %s of %s.%s accepted by %s: %s",
+            wanted, mapping.connector, mapping.operation, decided_by, mapping.describe(),
+        )  # fmt: skip
+        schema = {
+            "adapted": True,
+            "mapping_id": wanted,
+            "mapping": mapping.describe(),
+            "by": decided_by,
+        }
+        return {
+            "result": found.data,
+            "extra": found.extra,
+            "healing": {"drift": review.drift, "schema": schema},
+        }
 
     @activity.defn(name=NOTIFY_ACTIVITY)
     async def notify(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ A TOML file (path from ``HEALING_CONNECTORS``, default ``connectors.toml``; see
 ``timeout_s``, ``alternatives`` (reroute targets), ``rate_limit``, ``headers``,
 ``max_response_bytes`` (default 1 MiB), ``[auth]`` and
 ``[operations.OP]`` (``method``, ``path`` with ``{name}`` placeholders, ``response_model``,
-``idempotent``, ``timeout_s``).
+``idempotent``, ``timeout_s``, ``schema_drift``: ``adapt`` | ``review`` | ``pause``, default
+``adapt`` for reads and ``review`` for writes; see :mod:`healing.drift`).
 
 Secrets never live in the file: auth names the environment variable that holds them
 (``client_secret_env``, ``api_key_env``). Every problem is a ``ConfigError`` whose message names
@@ -23,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from healing.credentials import AuthMethod
+from healing.drift import DriftPolicy, default_policy
 from healing.errors import ConfigError
 from healing.redact import is_secret_header
 
@@ -66,7 +68,16 @@ class AuthSpec(_Spec):
     """Prefix of an API key header value, e.g. ``Bearer`` or ``Token``; None sends the key bare."""
     scope: str | None = None
     auth_method: AuthMethod = "client_secret_post"
-    """How the client authenticates at the token endpoint (RFC 6749 section 2.3.1)."""
+    """How the client authenticates at the token endpoint: ``client_secret_post``,
+    ``client_secret_basic`` (RFC 6749 s2.3.1) or ``private_key_jwt`` (RFC 7523)."""
+    private_key_env: str | None = None
+    """Environment variable holding the PEM key that signs ``private_key_jwt`` assertions."""
+    authorize_url: str | None = None
+    """Authorization endpoint for ``healing credentials authorize`` (code flow with PKCE)."""
+    scopes: list[str] = Field(default_factory=list)
+    """Scopes to ask for (joined with spaces); ``scope`` is the same as one string."""
+    token_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """Hard timeout of one token-endpoint request; the fleet's refresh lease outlives it."""
 
     @model_validator(mode="after")
     def _complete(self) -> AuthSpec:
@@ -75,6 +86,10 @@ class AuthSpec(_Spec):
             (oauth2 and not (self.token_url and self.client_id), "needs token_url and client_id"),
             (oauth2 and credentials and not self.client_secret_env, "needs client_secret_env"),
             (self.kind == "api_key" and not self.api_key_env, "needs api_key_env"),
+            (
+                oauth2 and self.auth_method == "private_key_jwt" and not self.private_key_env,
+                'with auth_method = "private_key_jwt" needs private_key_env',
+            ),
         ):
             if broken:
                 raise ValueError(f"{self.kind} auth {problem}")
@@ -92,6 +107,13 @@ class OperationSpec(_Spec):
     """Safe to repeat; defaults to True for GET/HEAD/OPTIONS/PUT/DELETE, False for POST/PATCH.
     Non-idempotent calls are sent with an ``Idempotency-Key`` header."""
     timeout_s: float | None = Field(default=None, gt=0)
+    schema_drift: DriftPolicy | None = None
+    """What a response that drifted from ``response_model`` does: ``adapt`` (confident
+    mappings apply by themselves), ``review`` (a human approves the mapping; the response
+    already received is used, never re-requested), ``pause`` (only mappings a human approved
+    apply; any other drift escalates, its proposal offered as ``accept_mapping``).
+    Default: ``adapt`` for idempotent operations (reads), ``review`` for the others (writes,
+    whose side effect has happened: a human confirms how its answer is read)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -125,6 +147,11 @@ class OperationSpec(_Spec):
     @property
     def is_idempotent(self) -> bool:
         return bool(self.idempotent)
+
+    @property
+    def drift_policy(self) -> DriftPolicy:
+        """``schema_drift``, or its default for this operation (see the field)."""
+        return self.schema_drift or default_policy(self.is_idempotent)
 
     def model(self) -> type[BaseModel] | None:
         """The response model class, imported now (None when the operation has none)."""

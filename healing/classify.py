@@ -26,10 +26,11 @@ from typing import Any
 
 import httpx
 
-from healing.backoff import parse_retry_after, reset_delay
+from healing.backoff import parse_retry_after
 from healing.config import HealingConfig
 from healing.errors import IntegrationFailure, SchemaMismatch
 from healing.matrix import DEFAULT_MATRIX
+from healing.ratelimit import reset_delay
 from healing.redact import redact
 from healing.rules import (
     DEFAULT_RULES,

@@ -30,6 +30,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from healing import runner
+from healing.cli_drift import cmd_drift, drift_arguments
 from healing.client import (
     DecisionUnconfirmed,
     NoWorker,
@@ -43,7 +44,7 @@ from healing.client import (
     healing_status,
     list_escalations,
 )
-from healing.credentials import Credential, FileCredentialStore
+from healing.credentials import Credential, check_connection, credential_name
 from healing.errors import ConfigError, DecisionError, HealingError, WorkflowClosed
 from healing.escalation import format_duration
 from healing.names import DECISION_SIGNAL, MEMO_KEY, STATUS_QUERY
@@ -150,6 +151,8 @@ def _print_report(rep: StatusReport, console: Console) -> None:
         counts = ", ".join(f"{k} x{n}" for k, n in sorted(st.counts_by_error_type.items()))
         grid.add_row("state", Text(st.state, style="bold"))
         grid.add_row("attempts", f"{st.attempts}" + (f" ({counts})" if counts else ""))
+        if st.drift:  # schema drift the calls met, also when nothing failed
+            grid.add_row("schema drift", Text("; ".join(st.drift[:10])))
     elif rep.worker is not None and rep.worker.polling:
         grid.add_row("state", Text(f"unknown: {rep.problem or 'no answer'}"))
     for call in rep.pending:
@@ -327,6 +330,7 @@ def _decision_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "alternative": args.alternative,
         "input_patch": args.patch,
         "wait_s": args.wait_s,
+        "mapping_id": args.mapping_id,
         "note": args.note,
         "decided_by": args.by or default_decider(),
         "queue": args.queue,
@@ -496,25 +500,67 @@ async def cmd_setup(args: argparse.Namespace) -> int:
 
 
 async def cmd_credentials(args: argparse.Namespace) -> int:
-    store = runner.credential_store(runner.load_config())
-    if args.action == "set":
-        return await _credentials_set(args, store)
-    cred = await store.get(args.connector)
-    if cred is None:
-        raise HealingError(f"no credential stored for {args.connector!r} in {store.path}")
+    config = runner.load_config()
+    store = await connect_store(config.store)
+    try:
+        creds = runner.credential_store(config, store)
+        if args.action == "set":
+            return await _credentials_set(args, creds, store.url_for_display)
+        if args.action == "authorize":
+            return await _credentials_authorize(args, config, creds)
+        if args.action == "rotate-key":
+            done = await creds.rotate()  # raises, naming them, if rows stay on an old key
+            print(
+                f"re-encrypted {done} credential(s) in {store.url_for_display} with key id "
+                f"{creds.box.primary_id}; every row now uses it, so older keys can leave "
+                "HEALING_SECRET_KEY once every worker runs with the new one"
+            )
+            return 0
+        if args.action == "import":
+            path = Path(args.file) if args.file else runner.credentials_path()
+            copied = await runner.import_credential_file(creds, config, path)
+            print(f"imported {copied} credential(s) from {path} into {store.url_for_display}")
+            return 0
+        if args.action == "list":
+            rows = await creds.list()
+            for connector, connection, version, kid in rows:
+                print(f"{connector}  connection={connection}  version={version}  key={kid}")
+            if not rows:
+                print(f"no credentials stored in {store.url_for_display}")
+            return 0
+        where = credential_name(args.connector, args.connection)
+        if args.action == "delete":
+            await creds.delete(args.connector, args.connection)
+            print(f"deleted the credential of {where} (if there was one)")
+            return 0
+        cred = await creds.get(args.connector, args.connection)
+        if cred is None:
+            raise HealingError(f"no credential stored for {where} in {store.url_for_display}")
+    finally:
+        await store.close()
     expiry = "unknown (used until a 401)"
     if cred.expires_at is not None:
         left = cred.expires_at - time.time()
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cred.expires_at))
         expiry = f"{when} ({f'in {left:.0f}s' if left > 0 else 'expired'})"
     refresh = "stored" if cred.refresh_token else "none"
-    print(f"connector      {cred.connector}\nversion        {cred.version}")
-    print(f"token type     {cred.token_type}\nexpires        {expiry}")
-    print(f"refresh token  {refresh}\nstore          {store.path}")
+    print(f"connector      {cred.connector}\nconnection     {cred.connection}")
+    print(f"version        {cred.version}\ntoken type     {cred.token_type}")
+    print(f"expires        {expiry}\nrefresh token  {refresh}")
+    if cred.revoked:
+        print(f"grant          DEAD: {cred.revoked}")
+    print(f"store          {store.url_for_display}")
     return 0
 
 
-async def _credentials_set(args: argparse.Namespace, store: FileCredentialStore) -> int:
+def _connection_arg(value: str) -> str:
+    try:
+        return check_connection(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def _credentials_set(args: argparse.Namespace, store: Any, where: str) -> int:
     tokens: dict[str, str | None] = {"access_token": None, "refresh_token": None}
     for name, var in (
         ("access_token", args.access_token_env),
@@ -524,15 +570,93 @@ async def _credentials_set(args: argparse.Namespace, store: FileCredentialStore)
             tokens[name] = os.environ.get(var) or None
             if tokens[name] is None:
                 raise HealingError(f"environment variable {var} ({name}) is not set or empty")
-    expires = time.time() + args.expires_in if args.expires_in else None
-    cred = Credential.model_validate({"connector": args.connector, "expires_at": expires, **tokens})
-    current = await store.get(args.connector)
+    now = time.time()
+    expires = now + args.expires_in if args.expires_in else None
+    cred = Credential.model_validate(
+        {
+            "connector": args.connector,
+            "connection": args.connection,
+            "expires_at": expires,
+            "issued_at": now,
+            **tokens,
+        }
+    )
+    current = await store.get(args.connector, args.connection)
     expected = current.version if current is not None else None
     if not await store.put(cred, expected_version=expected):
         raise HealingError(f"the credential of {args.connector!r} changed meanwhile; try again")
-    version = 0 if expected is None else expected + 1
-    print(f"stored credential for {args.connector!r} (version {version}) in {store.path}")
+    stored = await store.get(args.connector, args.connection)
+    name = credential_name(args.connector, args.connection)
+    print(f"stored credential for {name} (version {stored.version if stored else '?'}) in {where}")
     return 0
+
+
+async def _credentials_authorize(args: argparse.Namespace, config: Any, creds: Any) -> int:
+    from healing.authorize import authorize
+
+    clients = runner.oauth_clients(runner.load_connectors(config))
+    client = clients.get(args.connector)
+    if client is None:
+        raise HealingError(f"connector {args.connector!r} has no oauth2 [auth] in the catalog")
+    name = credential_name(args.connector, args.connection)
+
+    def show(url: str) -> None:
+        print(f"open this URL to authorize {name}:\n{url}", flush=True)
+
+    done = await authorize(
+        client,
+        creds,
+        connector=args.connector,
+        connection=args.connection,
+        show_url=show,
+        timeout_s=args.timeout,
+    )
+    print(f"stored new tokens for {name} (version {done.credential.version})", flush=True)
+    if args.no_decide:
+        return 0
+    try:
+        client_ = await _client(args)
+        listing = await list_escalations(client_, limit=10_000)
+    except (HealingError, RPCError) as exc:
+        print(f"could not list the waiting workflows ({exc}); send `reauthorized` yourself")
+        return 0
+    waiting = [
+        wf
+        for wf in listing.workflows
+        if wf.brief is not None
+        and wf.brief.connector == args.connector
+        and (wf.brief.connection or "default") == args.connection
+        and "reauthorized" in wf.brief.options
+    ]
+    if not waiting:
+        print(f"no paused workflow waits on {name}")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(
+                f"{len(waiting)} workflows wait on {name}: pass --yes to send them `reauthorized`"
+            )
+            return 0
+        answer = await asyncio.to_thread(
+            input, f"send reauthorized to the {len(waiting)} workflows waiting on {name}? [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            return 0
+    limit = asyncio.Semaphore(8)
+    by = args.by or default_decider()
+
+    async def one(wf: PausedWorkflow) -> bool:
+        async with limit:
+            try:
+                await decide_checked(client_, wf.workflow_id, "reauthorized", decided_by=by)
+            except (DecisionError, NoWorker, DecisionUnconfirmed) as exc:
+                _fail(args, f"{wf.workflow_id}: {exc}")
+                return False
+            return True
+
+    sent = sum(await asyncio.gather(*(one(wf) for wf in waiting)))
+    print(f"sent reauthorized to {sent} of {len(waiting)} workflows waiting on {name}")
+    return 0 if sent == len(waiting) else 1
 
 
 async def cmd_patterns(args: argparse.Namespace) -> int:
@@ -734,19 +858,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alternative", help="connector for reroute")
     p.add_argument("--patch", type=_json_object, help="input_patch for edit_and_retry (JSON)")
     p.add_argument("--wait-s", type=float, help="seconds to wait for the wait option")
+    p.add_argument("--mapping-id", help="for accept_mapping: another stored mapping to accept")
     p.add_argument("--note", default="", help="a note kept with the decision")
     p.add_argument("--by", help="who decided, recorded with it (default $USER@hostname)")
-    p = add("credentials", cmd_credentials, "store or show a connector's tokens (encrypted)", False)
+    p = add(
+        "credentials", cmd_credentials, "store, show or authorize tokens (in HEALING_STORE)", False
+    )
     creds = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def credential(c: argparse.ArgumentParser) -> None:
+        c.add_argument("connector", metavar="CONNECTOR", help="connector name in the catalog")
+        c.add_argument(
+            "--connection",
+            default="default",
+            type=_connection_arg,
+            help="the account/tenant (default: default)",
+        )
+
     c = creds.add_parser("set", help="store tokens read from environment variables")
-    c.add_argument("connector", metavar="CONNECTOR", help="connector name in the catalog")
+    credential(c)
     c.add_argument(
         "--access-token-env", required=True, metavar="VAR", help="variable with the access token"
     )
     c.add_argument("--refresh-token-env", metavar="VAR", help="variable with the refresh token")
     c.add_argument("--expires-in", type=float, metavar="S", help="access token lifetime")
-    c = creds.add_parser("show", help="version, expiry and type (never the tokens)")
-    c.add_argument("connector", metavar="CONNECTOR", help="connector name in the catalog")
+    c = creds.add_parser("show", help="version, expiry, grant state (never the tokens)")
+    credential(c)
+    c = creds.add_parser("delete", help="forget a stored credential")
+    credential(c)
+    c = creds.add_parser(
+        "authorize",
+        parents=[common],  # it reaches Temporal to find the workflows waiting on the grant
+        help="authorization code + PKCE in a browser; stores the tokens, then offers to send "
+        "reauthorized to the workflows waiting on them",
+    )
+    credential(c)
+    c.add_argument("--yes", action="store_true", help="send reauthorized without asking")
+    c.add_argument("--no-decide", action="store_true", help="only store the tokens")
+    c.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the browser")
+    c.add_argument("--by", help="who decided, recorded with it (default $USER@hostname)")
+    creds.add_parser(
+        "rotate-key",
+        help='re-encrypt every credential with the first of HEALING_SECRET_KEY="NEW,OLD"',
+    )
+    c = creds.add_parser("import", help="copy a legacy credential file into HEALING_STORE")
+    c.add_argument(
+        "file", nargs="?", help="default HEALING_CREDENTIALS_FILE or .healing/credentials.enc"
+    )
+    creds.add_parser("list", help="stored credentials (names, versions, key ids)")
+    p = add(
+        "drift",
+        cmd_drift,
+        "schema drift records and mappings (HEALING_STORE); `drift approve|reject ID`, "
+        "`drift export` (the proposed response_model change)",
+        False,
+    )
+    drift_arguments(p)
     p = add("patterns", cmd_patterns, "show learned error patterns and strategies", False)
     p.add_argument("--limit", type=int, default=50, help="show at most this many (50)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")

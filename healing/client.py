@@ -437,6 +437,7 @@ def _decision(
     wait_s: float | None,
     note: str,
     decided_by: str,
+    mapping_id: str | None = None,
 ) -> EscalationDecision:
     try:
         return EscalationDecision(
@@ -445,6 +446,7 @@ def _decision(
             alternative=alternative,
             input_patch=input_patch,
             wait_s=wait_s,
+            mapping_id=mapping_id,
             note=note,
             decided_by=decided_by,
         )
@@ -463,6 +465,7 @@ async def decide(
     alternative: str | None = None,
     input_patch: dict[str, Any] | None = None,
     wait_s: float | None = None,
+    mapping_id: str | None = None,
     note: str = "",
     decided_by: str = "cli",
     via: Literal["update", "signal"] = "update",
@@ -483,6 +486,7 @@ async def decide(
         wait_s=wait_s,
         note=note,
         decided_by=decided_by,
+        mapping_id=mapping_id,
     )
     # The server answers NOT_FOUND for a closed workflow too; say which it is.
     await _ensure_running(client, workflow_id)
@@ -587,6 +591,7 @@ async def decide_checked(
     alternative: str | None = None,
     input_patch: dict[str, Any] | None = None,
     wait_s: float | None = None,
+    mapping_id: str | None = None,
     note: str = "",
     decided_by: str | None = None,
     queue: bool = False,
@@ -616,6 +621,7 @@ async def decide_checked(
         wait_s=wait_s,
         note=note,
         decided_by=decided_by or default_decider(),
+        mapping_id=mapping_id,
     )
     desc = await _ensure_running(client, workflow_id)
     if worker is None or worker.task_queue != desc.task_queue:

@@ -48,6 +48,55 @@ class BreakerPolicy(BaseModel):
     min_failure_ratio: float = Field(default=0.5, ge=0, le=1)
     open_s: float = Field(default=30.0, gt=0)
     ratio_confidence: float = Field(default=0.9, ge=0.5, lt=1)
+    first_open_s: float = Field(default=5.0, gt=0)
+    """How long the circuit stays open the first time (capped at ``open_s``): a short outage
+    heals after this, a long one pays one more probe and then waits ``open_s`` per probe."""
+    trial_ttl_s: float = Field(default=5.0, gt=0)
+    """While the window's failures are at least ``min_failure_ratio`` of its calls, calls go
+    one at a time (a fleet lease of this length), so an outage costs its threshold, not a burst."""
+
+
+class RateLimitPolicy(BaseModel):
+    """Client-side pacing of every connector, shared by the fleet (``healing.ratelimit``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    headroom: float = Field(default=0.98, gt=0, le=1)
+    """Pace at this share of the known limit: jitter rarely lands a call in a spent window
+    (and a response that says the window is spent blocks the fleet until its reset)."""
+    inline_wait_s: float = Field(default=2.0, ge=0)
+    """Waits for a slot up to this long happen inside the activity (heartbeating); longer
+    ones go back to the server (``next_retry_delay``), never as a failed attempt."""
+    slow_start: bool = True
+    """A connector with no known limit sends its first call alone, then ramps up from
+    ``start_spacing_s``, halving it per ``start_step`` successes, until a limit is known."""
+    start_spacing_s: float = Field(default=0.1, gt=0)
+    start_step: int = Field(default=20, ge=1)
+    discover_ttl_s: float = Field(default=5.0, gt=0)
+    """How long the first call of an unknown connector holds the others back at most."""
+    cache_s: float = Field(default=1.0, ge=0)
+    """How long a worker reuses a learned window before reading the store again."""
+    max_paced_window_s: float = Field(default=60.0, gt=0)
+    """Learned windows up to this long are paced evenly (a burst limit); longer ones (hourly,
+    daily and org quotas) are spent freely and block the connector only once exhausted."""
+    park_after_s: float = Field(default=120.0, gt=0)
+    """A spent quota that comes back later than this parks the call in the workflow (a
+    durable timer, visible in its status and memo) instead of a server-side retry."""
+
+
+class RetryBudgetPolicy(BaseModel):
+    """Retries per connector across the fleet stay under a share of its recent calls (AWS SDK
+    retry quotas, Finagle retry budgets): an outage never multiplies the upstream's load.
+    First attempts are never refused; a refused retry waits (it is not sent, not counted)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    ratio: float = Field(default=0.2, ge=0)
+    """Retries allowed per first attempt in the window."""
+    min_per_s: float = Field(default=10.0, ge=0)
+    """Retries always allowed per second, so a quiet connector can still retry."""
+    window_s: float = Field(default=10.0, gt=0)
 
 
 class LearningPolicy(BaseModel):
@@ -93,6 +142,8 @@ class HealingConfig(BaseSettings):
     backoff: BackoffPolicy = BackoffPolicy()
     breaker: BreakerPolicy = BreakerPolicy()
     learning: LearningPolicy = LearningPolicy()
+    rate_limit: RateLimitPolicy = RateLimitPolicy()
+    retry_budget: RetryBudgetPolicy = RetryBudgetPolicy()
     healing_budget_s: float = Field(default=120.0, gt=0)
     """Time one call may spend healing (retries, waits) before it escalates."""
     max_retry_after_s: float = Field(default=120.0, gt=0)
@@ -114,6 +165,11 @@ class HealingConfig(BaseSettings):
     connectors: str = "connectors.toml"
     store: str = "sqlite:///.healing/healing.db"
     secret_key: SecretStr | None = None
+    """``HEALING_SECRET_KEY``: Fernet key sealing stored tokens; ``"NEW,OLD"`` while rotating."""
+    token_leeway_fraction: float = Field(default=0.1, ge=0, lt=1)
+    """An OAuth token is refreshed this share of its lifetime before it expires..."""
+    token_leeway_s: float = Field(default=60.0, ge=0)
+    """...but at most this many seconds before (a 30 s token refreshes 3 s early)."""
 
     # Telling a human (healing.notify) and metrics (healing.metrics), read by the worker.
     notify_webhook: SecretStr | None = None

@@ -364,7 +364,7 @@ async def _run(opts: DemoOptions, stop: asyncio.Event) -> int:
                         plugin,
                         runtime=_runtime_logging_to_python(),
                     )
-                    worker, acts = build_worker(client, config, catalog, tokens=tokens)
+                    worker, acts = build_worker(client, config, catalog, tokens=tokens, fleet=store)
                     try:
                         async with worker:
                             _intro(console, opts, server, (crm, eu, deals), special, url)

@@ -2,6 +2,7 @@
 
     HealingError
     ├── ConfigError            broken config, catalog, store URL or environment variable
+    │   └── SecretKeyMismatch  HEALING_SECRET_KEY cannot decrypt a stored credential
     ├── DecisionError          an escalation decision that cannot be applied
     │   └── WorkflowClosed     the workflow has already completed, failed, ended...
     ├── CredentialError        a credential is missing or its refresh failed
@@ -10,6 +11,7 @@
     ├── StoreError             the healing store failed
     │   └── StoreUnavailable   the database cannot be reached (healing goes on from the matrix)
     ├── RequestRefused         a call not sent: missing path parameter, unknown operation, ...
+    ├── PacingWait             a call not sent yet: its rate-limit slot is later (not a failure)
     └── IntegrationFailure     an integration call failed; carries status, headers and body
         ├── SchemaMismatch     a response did not fit the operation's response model
         └── ResponseTooLarge   a response body over the connector's max_response_bytes
@@ -32,6 +34,15 @@ class HealingError(Exception):
 
 class ConfigError(HealingError):
     """Configuration that cannot be used; the message names the setting."""
+
+
+class SecretKeyMismatch(ConfigError):
+    """``HEALING_SECRET_KEY`` cannot decrypt a stored credential: a setup error, which no
+    reauthorization fixes (classified INTERNAL_ERROR, not an auth error)."""
+
+    def __init__(self, message: str, *, connector: str | None = None) -> None:
+        super().__init__(message)
+        self.connector = connector
 
 
 class DecisionError(HealingError):
@@ -153,3 +164,28 @@ def validation_problems(
         shown = show_input and isinstance(given, str | int | float | bool) and len(str(given)) <= 40
         parts.append(f"{where}: {err['msg']}" + (f" (got {given!r})" if shown else ""))
     return "; ".join(parts)
+
+
+class PacingWait(HealingError):
+    """A call held back before sending: its fleet rate-limit slot starts at ``slot_at``.
+
+    Not a failure: the interceptor hands the wait to the server (``next_retry_delay``) without
+    counting an attempt, and the next attempt sends at the same slot.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        connector: str,
+        slot_at: float,
+        wait_s: float,
+        quota: bool = False,
+        gen: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.connector = connector
+        self.slot_at = slot_at
+        self.gen = gen
+        self.wait_s = wait_s
+        self.quota = quota

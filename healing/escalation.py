@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from healing.drift import MAPPING_ID
 from healing.errors import DecisionError, validation_problems
 from healing.types import (
     Classification,
@@ -53,6 +54,11 @@ _EFFECTS: dict[DecisionOptionName, tuple[str, str]] = {
     "edit_and_retry": ("Edit and retry", "merge `input_patch` into the call's input, then retry"),
     "reauthorized": ("Reauthorized", "a human renewed the credentials: retry the call"),
     "wait": ("Wait, then retry", "wait `wait_s` seconds (default: the service's hint), then retry"),
+    "accept_mapping": (
+        "Accept the mapping",
+        "read the response already received with the proposed mapping (or `mapping_id`); "
+        "later calls use it too (nothing is sent again)",
+    ),
 }
 
 # Answers about the request itself: another region of the same API would say the same.
@@ -89,20 +95,27 @@ def options_for(
     *,
     wait_s: float | None = None,
     opened_at: datetime | None = None,
+    proposal: bool = False,
+    resend_safe: bool = True,
 ) -> list[EscalationOption]:
     """The options that make sense for this error, most useful first.
 
     ``wait_s`` is how long ``wait`` waits without a ``wait_s`` of its own (already bounded by
     ``HealingConfig.max_wait_s``); the option then says when the call would resume.
+    ``resend_safe=False``: the call's request has had its effect (a write's response held
+    for review) and must not be sent again, so nothing that re-runs it is offered.
     """
     names: list[DecisionOptionName] = []
+    if proposal and error_type is ErrorType.SCHEMA_MISMATCH:
+        names.append("accept_mapping")
     if error_type in _AUTH:
         names.append("reauthorized")
     if error_type in _WAITABLE:
         names.append("wait")
     if alternatives and error_type not in _PERMANENT_HERE:
         names.append("reroute")
-    names += ["retry", "edit_and_retry", "skip", "abort"]
+    names += ["retry", "edit_and_retry"] if resend_safe else []
+    names += ["skip", "abort"]
     options = [
         EscalationOption(option=n, label=_EFFECTS[n][0], effect=_EFFECTS[n][1]) for n in names
     ]
@@ -179,11 +192,20 @@ def build_escalation(
     timeout_s: float,
     default_option: DecisionOptionName,
     wait_s: float | None = None,
+    proposal: dict[str, Any] | None = None,
+    resend_safe: bool = True,
 ) -> Escalation:
     options = options_for(
-        classification.error_type, alternatives, wait_s=wait_s, opened_at=opened_at
+        classification.error_type,
+        alternatives,
+        wait_s=wait_s,
+        opened_at=opened_at,
+        proposal=proposal is not None,
+        resend_safe=resend_safe,
     )
     offered = {o.option for o in options}
+    if proposal is not None and default_option == "accept_mapping":
+        offered.discard("accept_mapping")  # a guess is applied fleet-wide only by a human
     return Escalation(
         escalation_id=escalation_id,
         workflow_id=workflow_id,
@@ -206,6 +228,7 @@ def build_escalation(
         timeout_s=timeout_s,
         default_option=default_option if default_option in offered else "abort",
         alternatives=list(alternatives),
+        proposal=proposal,
     )
 
 
@@ -218,13 +241,20 @@ def brief(escalations: Sequence[Escalation]) -> EscalationBrief:
         error_type=esc.error_type,
         connector=esc.connector,
         operation=esc.operation,
+        connection=esc.connection,
         opened_at=esc.opened_at,
         timeout_at=esc.timeout_at,
         options=[o.option for o in esc.options],
         default_option=esc.default_option,
         explanation=esc.explanation.splitlines()[0] if esc.explanation else "",
         open_escalations=len(escalations),
+        mapping_id=_proposed_id(esc),
     )
+
+
+def _proposed_id(esc: Escalation) -> str | None:
+    proposed = (esc.proposal or {}).get("mapping_id")
+    return proposed if isinstance(proposed, str) else None
 
 
 def to_markdown(escalations: Sequence[Escalation], *, rejected: str | None = None) -> str:
@@ -274,6 +304,11 @@ def check_decision(
         )
     if decision.option == "edit_and_retry" and not decision.input_patch:
         raise DecisionError("edit_and_retry needs a non-empty input_patch")
+    if decision.mapping_id is not None and not MAPPING_ID.fullmatch(decision.mapping_id):
+        raise DecisionError(
+            f"mapping_id {decision.mapping_id!r} is not a schema mapping id (m- and 10 hex "
+            "digits, see `healing drift`)"
+        )
     if decision.option == "reroute" and decision.alternative not in (None, *esc.alternatives):
         raise DecisionError(
             f"alternative {decision.alternative!r} is not one of {', '.join(esc.alternatives)}"

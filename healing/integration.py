@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,6 +49,10 @@ class CallHints(BaseModel):
     """How many times a human edited the input; a changed request needs a new idempotency key."""
     budget_s: float | None = None
     """Healing time left for this call, when the workflow side has spent some already."""
+    drift_reviews: bool = False
+    """The workflow side holds a drifted response for a human (``accept_mapping``). Without
+    it (an older workflow worker in a rolling deploy would take the held review for a
+    success) the activity raises SCHEMA_MISMATCH instead."""
 
 
 @dataclass
@@ -63,6 +67,16 @@ class CallContext:
     token_version: int | None = None
     """Version of the credential this attempt sent: a refresh after a 401 rotates only if
     nobody has rotated past it already."""
+    drift: Any = None
+    """The worker's ``healing.drift.DriftBook`` (schema mappings over its store), if any."""
+    slot_at: float | None = None
+    """The rate-limit slot (epoch seconds) an earlier attempt reserved and waited for on the
+    server: this attempt sends at it instead of taking a new one."""
+    slot_gen: int = 0
+    """The rate window's generation that slot belongs to."""
+    gate: Callable[[], Awaitable[None]] | None = None
+    """Asks the circuit breaker again; an activity that waited for a rate-limit slot awaits it
+    right before sending (it raises when the circuit opened meanwhile)."""
 
     @property
     def healing_attempts(self) -> int:
@@ -86,7 +100,10 @@ def integration(
         connector: Connector name (catalog key). When None, the interceptor takes it from the
             first argument's ``connector`` attribute or key.
         operation: Operation name, for classification rules and learning.
-        response_model: A pydantic model the result must fit; a misfit is SCHEMA_MISMATCH.
+        response_model: A pydantic model a dict result must fit. A drifted result is
+            adapted in the same attempt where value evidence allows (``healing.drift.
+            fit_result``; the activity then returns the model's JSON), else SCHEMA_MISMATCH
+            naming the fields.
     """
 
     def mark(fn: F) -> F:

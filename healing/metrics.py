@@ -32,7 +32,7 @@ metric (labels)                    counted when, event-log twin
 (error_type, connector, option)    open escalations = opened - closed
 ``healing_token_refreshes``        a credential refresh ran (``refreshed`` when ok)
 (connector, outcome)
-``healing_schema_drift``           a response no longer fit its model (SCHEMA_MISMATCH)
+``healing_schema_drift``           a response no longer fit its model as it came (drift)
 (connector, operation)
 ``healing_schema_adaptations``     a schema mapping was applied (``adapted`` when ok)
 (connector, operation, outcome)
@@ -80,6 +80,7 @@ __all__ = [
     "activity_attempt",
     "activity_failure",
     "activity_healed",
+    "activity_schema_drift",
     "bind_address",
     "breaker_changed",
     "heal_strategy",
@@ -204,6 +205,11 @@ def activity_failure(error_type: object, connector: str | None, operation: str |
     _add(meter, FAILURES, _labels(error_type=error_type, connector=connector))
     if _label(error_type) == "SCHEMA_MISMATCH":
         _add(meter, SCHEMA_DRIFT, _labels(connector=connector, operation=operation))
+
+
+def activity_schema_drift(connector: str | None, operation: str | None) -> None:
+    """A response drifted from its model and was read anyway (adapted, or held for review)."""
+    _add(_activity_meter(), SCHEMA_DRIFT, _labels(connector=connector, operation=operation))
 
 
 def activity_attempt(strategy: object, outcome: str, error_type: object) -> None:

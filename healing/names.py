@@ -19,10 +19,12 @@ __all__ = [
     "CREDENTIAL_ERROR_TYPE",
     "DECISION_SIGNAL",
     "DECISION_UPDATE",
+    "DRIFT_REVIEW_KEY",
     "ERROR_TYPE_ATTRIBUTE",
     "GRANT_REVOKED_TYPE",
     "HEALED_SIGNAL",
     "HEALING_ACTIVITIES",
+    "HELD_TYPE",
     "HINTS_HEADER",
     "LEDGER_KEY",
     "MATCH_ACTIVITY",
@@ -36,6 +38,7 @@ __all__ = [
     "SEARCH_ATTRIBUTES",
     "STATUS_ATTRIBUTE",
     "STATUS_QUERY",
+    "TOKEN_ENDPOINT_TYPE",
 ]
 
 # --- handlers every healing workflow answers -------------------------------------------------
@@ -55,6 +58,9 @@ SEARCH_ATTRIBUTES: Final[Mapping[str, str]] = MappingProxyType(
 """Search attribute name -> indexed value type, as ``healing setup`` registers them."""
 MEMO_KEY: Final = "healing"
 
+CALL_INTEGRATION_ACTIVITY: Final = "call_integration"
+"""The catalog-call activity (``activities.integration``); its request names the connection."""
+
 # --- healing activities: the prefix keeps the interceptor from healing its own -----------------
 ACTIVITY_PREFIX: Final = "healing_"
 REFRESH_ACTIVITY: Final = "healing_refresh_credentials"
@@ -72,6 +78,9 @@ HINTS_HEADER: Final = "healing-hints"
 """Temporal header carrying the workflow side's hints to the activity side."""
 REPORT_KEY: Final = "healing_report"
 """Key of the FailureReport in the first detail of a healing ApplicationError."""
+DRIFT_REVIEW_KEY: Final = "healing_drift_review"
+"""Key of a call_integration result that holds a drifted response for a human's review
+(``healing.drift.DriftReview``): the workflow side escalates with ``accept_mapping``."""
 LEDGER_KEY: Final = "healing_ledger"
 """Key of the call's ledger in activity heartbeat details (survives to the next attempt)."""
 
@@ -79,7 +88,12 @@ LEDGER_KEY: Final = "healing_ledger"
 ABORTED_TYPE: Final = "HealingAborted"
 GRANT_REVOKED_TYPE: Final = "GrantRevoked"
 CREDENTIAL_ERROR_TYPE: Final = "CredentialError"
+TOKEN_ENDPOINT_TYPE: Final = "TokenEndpointUnavailable"
+"""The refresh activity's token endpoint failed (5xx, 429, timeout, bad answer): transient."""
 NOTIFY_FAILED_TYPE: Final = "HealingNotifyFailed"
 """The notifier's receiver failed (5xx, timeout, refused): retried by its RetryPolicy."""
 NOTIFY_REJECTED_TYPE: Final = "HealingNotifyRejected"
 """The notifier's receiver refused the message (4xx): not retried."""
+HELD_TYPE: Final = "HealingHeld"
+"""A call held back before sending (its rate-limit slot is later, or the fleet's retry budget
+is spent): a server-side wait, never a failed attempt."""

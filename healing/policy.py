@@ -126,6 +126,9 @@ def next_attempt(s: AttemptSituation) -> AttemptVerdict:
         return hand_over(f"{key} is not retryable")
     if cls.escalate_now:
         return hand_over(f"{key} cannot heal by waiting now ({cls.rule})")
+    if cls.strategy is HealingStrategy.SCHEMA_ADAPT and not cls.schema_mapping:
+        # The activity adapted what it had and found no mapping: a retry would re-send it.
+        return hand_over(f"{key}: no mapping with enough evidence makes the response fit")
     if cls.strategy in WORKFLOW_STRATEGIES:
         # Retrying with the same token or schema cannot work.
         return hand_over(f"{key} needs {WORKFLOW_STRATEGIES[cls.strategy]}")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 import os
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -22,12 +25,18 @@ from temporalio.worker import Worker
 
 from healing.catalog import ConnectorCatalog, load_catalog
 from healing.config import HealingConfig
-from healing.credentials import FileCredentialStore, OAuthClient
-from healing.errors import ConfigError, HealingError
+from healing.credentials import (
+    FileCredentialStore,
+    FleetCredentialStore,
+    OAuthClient,
+    secret_key_of,
+)
+from healing.errors import ConfigError, CredentialError, HealingError
 from healing.metrics import bind_address, prometheus_runtime
 from healing.oauth import TokenRefresher
 from healing.plugin import HealingPlugin
 from healing.store import connect_store
+from healing.store.base import ANY_VERSION, FleetState
 
 if TYPE_CHECKING:
     import httpx
@@ -36,6 +45,8 @@ DEFAULT_ADDRESS = "localhost:7233"
 DEFAULT_NAMESPACE = "default"
 CREDENTIALS_FILE_ENV = "HEALING_CREDENTIALS_FILE"
 DEFAULT_CREDENTIALS_FILE = ".healing/credentials.enc"
+IMPORTS_SPACE = "credential_imports"
+"""Fleet-state space recording which legacy credential files were imported (by content hash)."""
 
 
 # Worker cache size and concurrency: env variable -> (temporalio Worker option, least value).
@@ -94,55 +105,142 @@ def load_connectors(config: HealingConfig) -> ConnectorCatalog:
 
 
 def credentials_path(environ: Mapping[str, str] = os.environ) -> Path:
-    """Where the encrypted credential file lives (``HEALING_CREDENTIALS_FILE``)."""
+    """Where a legacy encrypted credential file lives (``HEALING_CREDENTIALS_FILE``); the
+    worker imports it into the store at start-up."""
     return Path(environ.get(CREDENTIALS_FILE_ENV) or DEFAULT_CREDENTIALS_FILE)
 
 
-def credential_store(
-    config: HealingConfig, environ: Mapping[str, str] = os.environ
-) -> FileCredentialStore:
-    """The encrypted credential store; needs ``HEALING_SECRET_KEY``."""
-    if config.secret_key is None or not config.secret_key.get_secret_value():
-        raise ConfigError(
-            "HEALING_SECRET_KEY is not set: credentials are stored encrypted with it (make a key"
-            ' with: python -c "import healing.credentials as c; print(c.generate_secret_key())")'
-        )
-    return FileCredentialStore(credentials_path(environ), config.secret_key.get_secret_value())
+def secret_key(config: HealingConfig) -> str:
+    """``HEALING_SECRET_KEY``, or a ConfigError saying how to make one."""
+    return secret_key_of(config.secret_key)
 
 
-def token_refresher(
-    config: HealingConfig, catalog: ConnectorCatalog, environ: Mapping[str, str] = os.environ
-) -> TokenRefresher | None:
-    """A refresher for the catalog's oauth2 connectors, or None when there are none."""
+def has_secret_key(config: HealingConfig) -> bool:
+    """Whether ``HEALING_SECRET_KEY`` is set (not empty)."""
+    return config.secret_key is not None and bool(config.secret_key.get_secret_value())
+
+
+def credential_store(config: HealingConfig, store: FleetState) -> FleetCredentialStore:
+    """The credentials in the healing store, sealed with ``HEALING_SECRET_KEY``."""
+    return FleetCredentialStore(store, secret_key(config))
+
+
+async def import_credential_file(
+    creds: FleetCredentialStore, config: HealingConfig, path: Path, *, once: bool = False
+) -> int:
+    """Copy the credentials of a legacy file into the store (those not stored there yet);
+    returns how many were copied. Any key of ``HEALING_SECRET_KEY`` ("NEW,OLD") opens it.
+
+    Each import is recorded in the store by the file's content hash; with ``once`` (the
+    worker's start-up) a file already imported is skipped, so a credential deleted from the
+    store does not come back with a stale (perhaps rotated-away) refresh token.
+
+    Raises:
+        CredentialError: No key of ``HEALING_SECRET_KEY`` opens the file.
+    """
+    try:
+        blob = await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:
+        return 0
+    digest = hashlib.sha256(blob).hexdigest()
+    if once and await creds.fleet.state_get(IMPORTS_SPACE, digest) is not None:
+        return 0
+    legacy = FileCredentialStore(path, secret_key(config))
+    copied = 0
+    for cred in await legacy.items():
+        if await creds.get(cred.connector, cred.connection) is None:
+            copied += await creds.put(cred, expected_version=None)
+    await creds.fleet.state_put(
+        IMPORTS_SPACE,
+        digest,
+        {"path": str(path), "copied": copied},
+        expected_version=ANY_VERSION,
+        now=time.time(),
+    )
+    return copied
+
+
+def oauth_clients(
+    catalog: ConnectorCatalog, environ: Mapping[str, str] = os.environ
+) -> dict[str, OAuthClient]:
+    """The OAuth client settings of the catalog's oauth2 connectors (secrets from env)."""
     clients: dict[str, OAuthClient] = {}
     for name, spec in catalog.connectors.items():
         auth = spec.auth
         if auth.kind != "oauth2" or auth.token_url is None or auth.client_id is None:
             continue
-        secret = None
-        if auth.client_secret_env:
-            secret = environ.get(auth.client_secret_env)
-            if not secret:
-                raise ConfigError(
-                    f"connector '{name}': environment variable {auth.client_secret_env} "
-                    "(its OAuth client secret) is not set"
-                )
+        values: dict[str, str | None] = {}
+        for field, var, what in (
+            ("client_secret", auth.client_secret_env, "its OAuth client secret"),
+            ("private_key", auth.private_key_env, "its private_key_jwt signing key, PEM"),
+        ):
+            values[field] = None
+            if var:
+                values[field] = environ.get(var)
+                if not values[field]:
+                    raise ConfigError(
+                        f"connector '{name}': environment variable {var} ({what}) is not set"
+                    )
         clients[name] = OAuthClient(
             token_url=auth.token_url,
             client_id=auth.client_id,
-            client_secret=secret,
+            client_secret=values["client_secret"],
+            private_key=values["private_key"],
             grant=auth.grant,
-            scope=auth.scope,
+            scope=auth.scope or (" ".join(auth.scopes) if auth.scopes else None),
             auth_method=auth.auth_method,
+            authorize_url=auth.authorize_url,
+            timeout_s=auth.token_timeout_s,
         )
+    return clients
+
+
+def token_refresher(
+    config: HealingConfig,
+    catalog: ConnectorCatalog,
+    store: FleetState,
+    environ: Mapping[str, str] = os.environ,
+) -> TokenRefresher | None:
+    """A refresher for the catalog's oauth2 connectors over the healing store, or None when
+    there are none."""
+    clients = oauth_clients(catalog, environ)
     if not clients:
         return None
-    if config.secret_key is None:
+    if not has_secret_key(config):
         raise ConfigError(
             f"connectors {', '.join(sorted(clients))} use oauth2, so their tokens live in the "
-            "encrypted credential store: set HEALING_SECRET_KEY"
+            "healing store, encrypted: set HEALING_SECRET_KEY"
         )
-    return TokenRefresher(credential_store(config, environ), clients)
+    return TokenRefresher(
+        credential_store(config, store),
+        clients,
+        leeway_s=config.token_leeway_s,
+        leeway_fraction=config.token_leeway_fraction,
+    )
+
+
+async def prepare_credentials(
+    config: HealingConfig, tokens: TokenRefresher | None, store: FleetState
+) -> None:
+    """Start-up: check that ``HEALING_SECRET_KEY`` opens every stored credential (a wrong key
+    fails here, not at call time), then import a legacy credential file once. A file the key
+    cannot open is a warning, not a stop: the store is where workers read credentials."""
+    if not has_secret_key(config):
+        return
+    creds = credential_store(config, store)
+    if tokens is not None:
+        await tokens.check()  # remembered, so the plugin does not check again
+    else:
+        await creds.check_key()
+    path = credentials_path()
+    logger = logging.getLogger("healing")
+    try:
+        copied = await import_credential_file(creds, config, path, once=True)
+    except CredentialError as exc:
+        logger.warning("not importing the legacy credential file: %s", exc)
+        return
+    if copied:
+        logger.info("imported %d credential(s) from %s into the healing store", copied, path)
 
 
 async def connect(
@@ -175,16 +273,22 @@ def build_worker(
     tokens: TokenRefresher | None = None,
     task_queue: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    fleet: FleetState | None = None,
     **worker_options: Any,
 ) -> tuple[Worker, Any]:
     """The integration worker for ``client`` (which must carry the HealingPlugin).
+
+    ``fleet`` (the worker's store) holds the rate-limit windows every worker paces by;
+    None keeps them in this process.
 
     Returns the worker and its ``IntegrationActivities`` (close them with ``aclose()``).
     """
     from activities import IntegrationActivities  # lazily: healing/ must not need them
     from workflows import IntegrationWorkflow
 
-    acts = IntegrationActivities(catalog, tokens=tokens, transport=transport)
+    acts = IntegrationActivities(
+        catalog, tokens=tokens, transport=transport, fleet=fleet, rate_limit=config.rate_limit
+    )
     worker = Worker(
         client,
         task_queue=task_queue or config.task_queue,
@@ -205,14 +309,20 @@ async def run_worker(address: str, namespace: str, *, stop: asyncio.Event | None
     config = load_config()
     tuning = worker_tuning()
     catalog = load_connectors(config)
-    tokens = token_refresher(config, catalog)
+    oauth_clients(catalog)  # a missing client secret fails before the store is opened
     # HEALING_METRICS: SDK and healing_* metrics on a Prometheus endpoint (healing.metrics).
     runtime = prometheus_runtime(config.metrics) if config.metrics else None
     # Opened before the worker exists: a bad HEALING_STORE fails here, naming the variable.
     store = await connect_store(config.store)
+    try:
+        tokens = token_refresher(config, catalog, store)
+        await prepare_credentials(config, tokens, store)
+    except BaseException:
+        await store.close()
+        raise
     plugin = HealingPlugin(config, alternatives=catalog.alternatives(), tokens=tokens, store=store)
     client = await connect(address, namespace, plugin, runtime=runtime)
-    worker, acts = build_worker(client, config, catalog, tokens=tokens, **tuning)
+    worker, acts = build_worker(client, config, catalog, tokens=tokens, fleet=store, **tuning)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -124,7 +124,7 @@ class ErrorPattern(_Frozen):
 
 
 DecisionOptionName = Literal[
-    "retry", "skip", "abort", "reroute", "edit_and_retry", "reauthorized", "wait"
+    "retry", "skip", "abort", "reroute", "edit_and_retry", "reauthorized", "wait", "accept_mapping"
 ]
 
 
@@ -145,12 +145,17 @@ class Escalation(_Frozen):
     error_type: ErrorType
     classification: Classification
     explanation: str
+    connection: str | None = None
+    """The connector account whose credential the call used (None: ``default``)."""
     options: list[EscalationOption]
     attempts: list[HealingAttempt] = Field(default_factory=list)
     opened_at: datetime
     timeout_s: float
     default_option: DecisionOptionName
     alternatives: list[str] = Field(default_factory=list)
+    proposal: dict[str, Any] | None = None
+    """For a schema review: the proposed mapping (``healing.drift.SchemaMapping``, names
+    only) that ``accept_mapping`` applies to the response already received."""
 
     @property
     def timeout_at(self) -> datetime:
@@ -167,6 +172,8 @@ class EscalationBrief(_Frozen):
     error_type: ErrorType
     connector: str | None = None
     operation: str | None = None
+    connection: str | None = None
+    """The connector account whose credential the call used (None: ``default``)."""
     opened_at: datetime
     timeout_at: datetime
     options: list[DecisionOptionName]
@@ -175,6 +182,8 @@ class EscalationBrief(_Frozen):
     """The explanation's first line."""
     open_escalations: int = 1
     """Escalations open on the workflow (parallel steps may pause together)."""
+    mapping_id: str | None = None
+    """For a schema review: the proposed mapping (``healing drift approve`` resumes it)."""
 
 
 class EscalationDecision(BaseModel):
@@ -187,6 +196,8 @@ class EscalationDecision(BaseModel):
     alternative: str | None = None
     input_patch: dict[str, Any] | None = None
     wait_s: float | None = Field(default=None, ge=0)
+    mapping_id: str | None = None
+    """For ``accept_mapping``: the proposal accepted (default: the escalation's own)."""
     note: str = ""
     decided_by: str = "unknown"
 
@@ -203,6 +214,9 @@ class HealingStatus(_Frozen):
     counts_by_error_type: dict[str, int] = Field(default_factory=dict)
     open_escalations: list[Escalation] = Field(default_factory=list)
     history: list[HealingAttempt] = Field(default_factory=list)
+    drift: list[str] = Field(default_factory=list)
+    """Schema drift this workflow's calls met (``added properties.hs_new_prop (string)``),
+    names and types only; also drift that failed nothing."""
 
     @property
     def open_escalation(self) -> Escalation | None:
@@ -220,6 +234,7 @@ EventKind = Literal[
     "refreshed",
     "adapted",
     "rerouted",
+    "circuit",
 ]
 
 

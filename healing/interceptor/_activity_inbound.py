@@ -7,10 +7,12 @@ non-retryable and carries a ``FailureReport`` for the workflow side).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from temporalio import activity
@@ -23,9 +25,11 @@ from temporalio.worker import (
 
 from healing import metrics
 from healing.backoff import backoff_delay
-from healing.breaker import BreakerBoard, BreakerTransition
+from healing.breaker import Admission, BreakerTransition, FleetBreakers
 from healing.classify import Failure, detect_error
 from healing.config import HealingConfig
+from healing.drift import fit_result
+from healing.errors import PacingWait
 from healing.eventlog import EventLog
 from healing.integration import (
     CallContext,
@@ -36,9 +40,11 @@ from healing.integration import (
 from healing.interceptor._attempt import USER_HEARTBEAT, Attempt, HeartbeatKeeper, inner_timeout
 from healing.interceptor._ledger import Ledger, user_details
 from healing.learning import RETRY_STRATEGIES, StrategyHint, pattern_of
-from healing.names import ACTIVITY_PREFIX, HEALED_SIGNAL, REPORT_KEY
+from healing.names import ACTIVITY_PREFIX, HEALED_SIGNAL, HELD_TYPE, REPORT_KEY
 from healing.patterns import PatternCache
-from healing.policy import TRANSIENT_TYPES, AttemptSituation, next_attempt
+from healing.policy import MIN_DELAY_S, TRANSIENT_TYPES, AttemptSituation, next_attempt
+from healing.ratelimit import FleetPacer, parse_rate_limit_headers, reset_delay
+from healing.retrybudget import RetryBudget
 from healing.types import (
     Classification,
     ErrorType,
@@ -57,6 +63,8 @@ _BREAKER_TYPES = {
     ErrorType.INTERNAL_ERROR,
 }
 _SIGNAL_TIMEOUT_S = 5.0
+# Spent quotas: the fleet's pacer blocks the connector until the reset.
+_QUOTA_TYPES = {ErrorType.QUOTA_EXHAUSTED, ErrorType.RATE_LIMITED}
 
 
 class ActivitySide(Protocol):
@@ -66,7 +74,9 @@ class ActivitySide(Protocol):
     alternatives: dict[str, list[str]]
     clock: Callable[[], float]
     wall_clock: Callable[[], datetime]
-    breakers: BreakerBoard
+    breakers: FleetBreakers
+    pacer: FleetPacer
+    retry_budget: RetryBudget
     events: EventLog
     patterns: PatternCache
     outages: dict[str, tuple[str, Classification]]
@@ -79,11 +89,16 @@ class ActivitySide(Protocol):
     def note_outage(self, connector: str, cls: Classification) -> None: ...
 
 
-def _outage_note(since: str, cls: Classification) -> str:
-    """Since when the upstream fails and what it last answered, for the escalation."""
+def _answer(cls: Classification) -> str:
     answer = f"HTTP {cls.status_code}" if cls.status_code else cls.error_type.value
     if cls.vendor_code:
         answer += f" (code {cls.vendor_code})"
+    return answer
+
+
+def _outage_note(since: str, cls: Classification | None, last: str = "") -> str:
+    """Since when the upstream fails and what it last answered, for the escalation."""
+    answer = _answer(cls) if cls is not None else last
     return f"; failing since {since.replace('T', ' ')}, last answer {answer}"
 
 
@@ -109,6 +124,21 @@ def _log_transition(change: BreakerTransition | None) -> None:
         )
 
 
+def _first_send(call: Attempt) -> bool:
+    """The call has not failed upstream yet: its first attempt, or one after waits that sent
+    nothing (a rate-limit slot, an open circuit). The breaker and the retry budget judge
+    calls, not attempts."""
+    return not any(k != ErrorType.CIRCUIT_OPEN.value for k in call.ledger.counts)
+
+
+class _Held(Exception):
+    """Raised through the activity by its send gate: the circuit closed its door meanwhile."""
+
+    def __init__(self, admission: Admission) -> None:
+        super().__init__("circuit open")
+        self.admission = admission
+
+
 class ActivityInbound(ActivityInboundInterceptor):
     def __init__(self, next: ActivityInboundInterceptor, root: ActivitySide) -> None:
         super().__init__(next)
@@ -126,47 +156,95 @@ class ActivityInbound(ActivityInboundInterceptor):
             return await self.next.execute_activity(input)
         call = Attempt(input, spec, clock=self.root.clock, events=self.root.events)
         USER_HEARTBEAT.set(user_details(info.heartbeat_details))
-        breaker = self.root.breakers.get(call.connector or info.activity_type)
-
-        wait = breaker.before_call(call.started)
-        if wait is not None:
-            outage = self.root.outages.get(breaker.connector)
-            note = _outage_note(*outage) if outage else ""
-            failure = Failure(
-                exception="healing.CircuitOpen",
-                message=f"circuit for {breaker.connector} is open{note}",
-                connector=call.connector,
-                operation=call.operation,
+        connector = call.connector or info.activity_type
+        breakers = self.root.breakers
+        holder = f"{info.workflow_id}:{info.activity_id}:{info.attempt}:{uuid.uuid4().hex[:8]}"
+        admission = await self._admit(connector, call, holder)
+        if not admission.go:
+            raise await self._circuit_held(connector, admission, call)
+        held = await self._budget_hold(connector, call, admission)
+        if held is not None:
+            await breakers.record(
+                connector, admission, failed=None, counts=False, now=self._now(call), holder=holder
             )
-            cls = self.root.classify(failure).model_copy(update={"retry_after_s": wait})
-            raise await self._verdict(cls, call)
+            raise held
 
-        # The breaker judges calls, not attempts: a call's own retries would let a few unlucky
-        # calls look like an outage. Outcomes while it is not closed are probes: they count.
-        counts_for_breaker = info.attempt == 1 or breaker.state != "closed"
+        async def gate() -> None:
+            # The activity waited for its rate-limit slot: ask the breaker again before sending,
+            # since an outage may have begun meanwhile (a trial or probe keeps its lease).
+            nonlocal admission
+            if admission.role != "call":
+                return
+            again = await self._admit(connector, call, holder)
+            if not again.go:
+                raise _Held(again)
+            admission = again
+
+        async def outcome(failed: bool | None, cls: Classification | None = None) -> None:
+            # The breaker judges calls, not attempts: a call's own retries would let a few
+            # unlucky calls look like an outage. Trials and half-open probes always count.
+            counts_for_breaker = _first_send(call) or admission.role != "call"
+            since, last = "", ""
+            if cls is not None and failed:
+                self.root.note_outage(connector, cls)
+                since = self.root.outages[connector][0]
+                last = _answer(cls)
+            change = await breakers.record(
+                connector,
+                admission,
+                failed=failed,
+                counts=counts_for_breaker,
+                now=self._now(call),
+                holder=holder,
+                since=since,
+                last=last,
+            )
+            _log_transition(change)
+            if change is not None:
+                call.event("circuit", None, outcome=f"{change.from_state} -> {change.to_state}")
+
         ctx = call.context = CallContext(
             call.connector, call.operation, call.hints, info.attempt, call.ledger.counts
         )
+        ctx.drift = getattr(self.root, "drift", None)  # schema mappings over the worker's store
+        ctx.slot_at = call.ledger.slot_at
+        ctx.slot_gen = call.ledger.slot_gen
+        ctx.gate = gate
         token = _set_current(ctx)
         try:
             # asyncio.timeout, not wait_for: no extra task per call on the happy path.
             async with asyncio.timeout(inner_timeout(info)):
                 result = await self.next.execute_activity(input)
+                if spec is not None and spec.response_model is not None:
+                    # Adapt the result already returned: the call is never made again for it.
+                    book = getattr(self.root, "drift", None)
+                    result = await fit_result(
+                        book, spec.response_model, result, call.connector, call.operation
+                    )
         except ApplicationError:
-            if breaker.state == "half_open":
-                _log_transition(breaker.record_success(self.root.clock()))  # it answered
-            raise  # the activity chose its own verdict
-        except Exception as exc:
-            found = detect_error(exc, connector=call.connector, operation=call.operation)
+            # The activity chose its own verdict; a probe that got an answer saw the service up.
+            await outcome(False if admission.role == "probe" else None)
+            raise
+        except PacingWait as wait:
+            await outcome(None)  # never sent: tells nothing about the upstream
+            raise await self._paced(wait, call) from None
+        except _Held as held_back:
+            raise await self._circuit_held(connector, held_back.admission, call) from None
+        except BaseException as exc:
+            found = (
+                detect_error(exc, connector=call.connector, operation=call.operation)
+                if isinstance(exc, Exception)
+                else None
+            )
             if found is None:
+                await outcome(None)
                 raise
             failure = found
         else:
             detected = detect_error(result, connector=call.connector, operation=call.operation)
             if detected is None:
-                self.root.outages.pop(breaker.connector, None)
-                if counts_for_breaker:
-                    _log_transition(breaker.record_success(self.root.clock()))
+                self.root.outages.pop(connector, None)
+                await outcome(False)
                 if call.ledger.pattern is not None:
                     await self._healed(call)
                 return result
@@ -176,13 +254,147 @@ class ActivityInbound(ActivityInboundInterceptor):
 
         cls = self.root.classify(failure)
         if cls.error_type in _BREAKER_TYPES:
-            self.root.note_outage(breaker.connector, cls)
-            if counts_for_breaker:  # always so while half-open
-                _log_transition(breaker.record_failure(self.root.clock()))
-        elif breaker.state == "half_open" and cls.status_code is not None:
-            # A probe answered with a 4xx: the service is up, whatever it thinks of the call.
-            _log_transition(breaker.record_success(self.root.clock()))
+            await outcome(True, cls)
+        else:
+            # A 4xx: the service is up, whatever it thinks of the call.
+            await outcome(False if cls.status_code is not None else None)
+        if cls.escalate_now and cls.error_type in _QUOTA_TYPES:
+            reset = await self._quota_spent(connector, cls, failure, call)
+            if reset is not None and reset <= self.root.config.rate_limit.park_after_s:
+                # Back by itself soon: the call waits for the reset on the server, like every
+                # other call of the connector (not a failed attempt, no human).
+                spread = random.Random(holder).uniform(0, min(reset * 0.1, 5.0))
+                call.event("attempt", cls, outcome=f"quota spent, parked {reset:.0f}s")
+                raise self._hold(
+                    call, f"{cls.message} (parked until the reset)", reset + spread, call.ledger
+                )
         raise await self._verdict(cls, call)
+
+    async def _circuit_held(
+        self, connector: str, admission: Admission, call: Attempt
+    ) -> ApplicationError:
+        note = _outage_note(admission.since, None, admission.last) if admission.since else ""
+        failure = Failure(
+            exception="healing.CircuitOpen",
+            message=f"circuit for {connector} is open{note}",
+            connector=call.connector,
+            operation=call.operation,
+        )
+        cls = self.root.classify(failure).model_copy(update={"retry_after_s": admission.wait_s})
+        return await self._verdict(cls, call)
+
+    def _now(self, call: Attempt) -> float:
+        """The fleet's clock: the server's time of this attempt, plus what ran since.
+
+        The server's clock is the one every worker shares (and time skipping moves it)."""
+        return call.info.started_time.timestamp() + max(self.root.clock() - call.started, 0.0)
+
+    async def _admit(self, connector: str, call: Attempt, holder: str) -> Admission:
+        """Ask the fleet breaker; short waits (a trial in flight) are waited out here."""
+        left = self.root.config.rate_limit.inline_wait_s
+        while True:
+            admission = await self.root.breakers.admit(
+                connector,
+                now=self._now(call),
+                holder=holder,
+                first_attempt=_first_send(call),
+            )
+            if admission.go or admission.wait_s > min(left, 0.5) or left <= 0:
+                return admission
+            step = max(admission.wait_s, 0.01)
+            activity.heartbeat(*USER_HEARTBEAT.get() or (), call.ledger.to_detail())
+            await asyncio.sleep(step)
+            left -= step
+
+    async def _budget_hold(
+        self, connector: str, call: Attempt, admission: Admission
+    ) -> ApplicationError | None:
+        """Count a first attempt, or spend a retry of the fleet's retry budget: a retry past
+        the budget is not sent, and waits (not a failed attempt)."""
+        budget = self.root.retry_budget
+        now = self._now(call)
+        if _first_send(call):
+            # Never reached the upstream yet (first attempt, paced, or behind the circuit).
+            if call.info.attempt == 1:
+                await budget.first_attempt(connector, now=now)
+            return None
+        if admission.role == "probe":
+            return None  # the fleet's one probe per window is never held back
+        verdict = await budget.try_retry(connector, now=now)
+        if verdict.allowed:
+            return None
+        delay = self._backoff(1, call.info)
+        call.event("attempt", None, outcome=f"retry budget spent, wait {delay:.2f}s")
+        metrics.activity_attempt("retry_budget", "held", ErrorType.RATE_LIMITED)
+        return self._hold(
+            call,
+            f"retry budget of {connector} spent ({verdict.retries} retries in "
+            f"{self.root.config.retry_budget.window_s:g}s, limit {verdict.limit:g})",
+            delay,
+            call.ledger,
+        )
+
+    def _hold(self, call: Attempt, message: str, delay: float, ledger: Ledger) -> ApplicationError:
+        """A server-side wait that is not a failed attempt: the ledger's counts stay."""
+        ledger = dataclasses.replace(ledger, held=ledger.held + 1)
+        if not call.info.is_local:
+            holder = USER_HEARTBEAT.get()
+            own = holder if holder is not None else user_details(call.info.heartbeat_details)
+            activity.heartbeat(*own, ledger.to_detail())
+        return ApplicationError(
+            message,
+            type=HELD_TYPE,
+            non_retryable=False,
+            next_retry_delay=timedelta(seconds=max(delay, MIN_DELAY_S)),
+            category=ApplicationErrorCategory.BENIGN,
+        )
+
+    async def _paced(self, wait: PacingWait, call: Attempt) -> ApplicationError:
+        """A call whose rate-limit slot is later: the server waits for it, or, for a spent
+        daily or org quota past ``park_after_s``, the workflow parks the call until the reset."""
+        policy = self.root.config.rate_limit
+        if wait.quota and wait.wait_s > policy.park_after_s:
+            failure = Failure(
+                exception="healing.QuotaSpent",
+                message=str(wait),
+                connector=call.connector,
+                operation=call.operation,
+            )
+            cls = self.root.classify(failure).model_copy(
+                update={
+                    "error_type": ErrorType.QUOTA_EXHAUSTED,
+                    "retry_after_s": wait.wait_s,
+                    "escalate_now": True,
+                    "retryable": False,
+                    "benign": True,
+                }
+            )
+            return await self._verdict(cls, call)
+        # Back a little early: the rest of the wait happens in the activity, at the same slot.
+        delay = max(wait.wait_s - min(policy.inline_wait_s * 0.75, 1.5), MIN_DELAY_S)
+        ledger = dataclasses.replace(call.ledger, slot_at=wait.slot_at, slot_gen=wait.gen)
+        call.event("attempt", None, outcome=f"rate-limit slot in {wait.wait_s:.2f}s")
+        metrics.activity_attempt("pace", "held", ErrorType.RATE_LIMITED)
+        return self._hold(call, str(wait), delay, ledger)
+
+    async def _quota_spent(
+        self, connector: str, cls: Classification, failure: Failure, call: Attempt
+    ) -> float | None:
+        """Tell the fleet a daily or org quota is spent: every call parks until its reset.
+
+        Returns:
+            Seconds until the reset, when the answer says.
+        """
+        now = self._now(call)
+        headers = {str(k).lower(): str(v) for k, v in (failure.headers or {}).items()}
+        info = parse_rate_limit_headers(headers, now_epoch=now)
+        reset = cls.retry_after_s
+        if reset is None:
+            reset = reset_delay(headers, now=datetime.fromtimestamp(now, UTC))
+        await self.root.pacer.observe(
+            connector, info, now=now, throttled=True, retry_after_s=reset, quota=True
+        )
+        return reset
 
     async def _healed(self, call: Attempt) -> None:
         """A success after failures: the retries healed the pattern (learning evidence), and
@@ -248,10 +460,12 @@ class ActivityInbound(ActivityInboundInterceptor):
         info = call.info
         key = cls.error_type.value
         counts = dict(call.ledger.counts)
-        if not counts and info.attempt > 1:
+        # Held attempts (a rate-limit slot, the retry budget) are not failures.
+        earlier = info.attempt - 1 - call.ledger.held
+        if not counts and earlier > 0:
             # Ledger lost (local activity, or a server that drops heartbeat details on
             # failure): count every earlier attempt against this type, the safe side.
-            counts = {key: info.attempt - 1}
+            counts = {key: earlier}
         counts[key] = counts.get(key, 0) + 1
         used = counts[key]
         total = call.elapsed()
@@ -260,7 +474,7 @@ class ActivityInbound(ActivityInboundInterceptor):
         if call.ledger.failed_at_s is not None:
             first_failure = call.ledger.failed_at_s
         else:
-            first_failure = 0.0 if info.attempt > 1 else total
+            first_failure = 0.0 if earlier > 0 else total
         elapsed = max(total - first_failure, 0.0)
         budget = cfg.healing_budget_s if call.hints.budget_s is None else call.hints.budget_s
         hint = await self._hint(cls, call, budget)
@@ -293,6 +507,7 @@ class ActivityInbound(ActivityInboundInterceptor):
             failing_since=since,
             waited=call.ledger.waited or verdict.action == "wait_recovery",
             failed_at_s=first_failure,
+            held=call.ledger.held,
         )
         if not info.is_local:
             # Survives to the next attempt: per-type budgets hold across server retries.
@@ -355,16 +570,14 @@ class ActivityInbound(ActivityInboundInterceptor):
         return [a for a in known if a not in tried]
 
     def _circuit_wait(self, cls: Classification, call: Attempt) -> float | None:
-        """Seconds until the connector's open circuit lets a probe through, if it is open."""
+        """Seconds until the connector's open circuit lets a probe through, if it is open
+        (as this worker saw it at this attempt's admission: the store's state)."""
         if cls.error_type not in _BREAKER_TYPES:
             return None
-        breaker = self.root.breakers.get(call.connector or call.info.activity_type)
-        if breaker.state == "closed":
+        view = self.root.breakers.get(call.connector or call.info.activity_type)
+        if view.state == "closed" or view.retry_at is None:
             return None
-        snap = breaker.snapshot(self.root.clock())
-        if snap.retry_at is None:
-            return None
-        return max(snap.retry_at - self.root.clock(), 0.0) + self._backoff(1, call.info)
+        return max(view.retry_at - self._now(call), 0.0) + self._backoff(1, call.info)
 
     def _backoff(self, used: int, info: activity.Info) -> float:
         # Seeded per call and attempt: reproducible, yet callers do not retry in lockstep.

@@ -22,15 +22,19 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
-from healing.breaker import BreakerBoard
+from healing.breaker import FleetBreakers
 from healing.classify import Failure, classify_error, load_rules
 from healing.config import HealingConfig
+from healing.drift import DriftBook
 from healing.eventlog import EventLog
 from healing.interceptor._activity_inbound import ActivityInbound
 from healing.interceptor._workflow_inbound import make_workflow_inbound
 from healing.names import SEARCH_ATTRIBUTES
 from healing.patterns import PatternCache
-from healing.store.base import Store
+from healing.ratelimit import FleetPacer
+from healing.retrybudget import RetryBudget
+from healing.store.base import FleetState, Store
+from healing.store.memory import MemoryFleetState
 from healing.types import Classification
 
 logger = logging.getLogger("healing")
@@ -60,22 +64,35 @@ class SelfHealingInterceptor(Interceptor):
         self.alternatives = {k: list(v) for k, v in (alternatives or {}).items()}
         self.clock = clock
         self.wall_clock = wall_clock
-        self.breakers = BreakerBoard(self.config.breaker)
+        self._use_fleet(store if store is not None else MemoryFleetState())
         # Off until check_search_attributes has seen them registered: an upsert of an unknown
         # attribute would fail every workflow task.
         self.search_attributes_enabled = False
         self.rules = load_rules(self.config)  # validated once: a bad rule fails at start-up
         self.outages: dict[str, tuple[str, Classification]] = {}
         """Per connector: since when it fails (ISO time) and its latest unhealthy answer."""
+        self.drift = DriftBook(self.fleet)
+        """Schema mappings and drift records (a store-less worker keeps them in memory)."""
         self.attach_store(store)
 
     def attach_store(self, store: Store | None) -> None:
         """Use ``store`` for the event log and learned patterns (None: matrix only)."""
+        if store is not None and store is not getattr(self, "store", None):
+            self.drift = DriftBook(store)
+            self._use_fleet(store)
         self.store = store
         self.events = EventLog(store, clock=self.clock)
         self.patterns = PatternCache(
             store, self.config.learning, clock=self.clock, wall_clock=self.wall_clock
         )
+
+    def _use_fleet(self, fleet: FleetState) -> None:
+        """Breakers, rate windows and the retry budget over ``fleet`` (DESIGN s5b): shared by
+        every worker on the same store; a store-less worker keeps them in its memory."""
+        self.fleet = fleet
+        self.breakers = FleetBreakers(fleet, self.config.breaker)
+        self.pacer = FleetPacer(fleet, self.config.rate_limit)
+        self.retry_budget = RetryBudget(fleet, self.config.retry_budget)
 
     @property
     def has_store(self) -> bool:

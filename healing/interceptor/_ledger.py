@@ -29,6 +29,12 @@ class Ledger:
     failed_at_s: float | None = None
     """Seconds into the call (from its schedule) when it first failed: the healing budget
     counts from here."""
+    slot_at: float | None = None
+    """A reserved rate-limit slot (epoch) the call waits for on the server (not a failure)."""
+    slot_gen: int = 0
+    """The rate window's generation of that slot."""
+    held: int = 0
+    """Attempts held back before sending (rate-limit slot, retry budget): not failures."""
 
     @classmethod
     def from_details(cls, details: Any) -> Ledger:
@@ -45,6 +51,9 @@ class Ledger:
                         failing_since=raw.get("failing_since"),
                         waited=bool(raw.get("waited", False)),
                         failed_at_s=_seconds(raw.get("failed_at_s")),
+                        slot_at=_seconds(raw.get("slot_at")),
+                        slot_gen=int(raw.get("slot_gen") or 0),
+                        held=int(raw.get("held") or 0),
                     )
                 except (TypeError, ValueError):
                     return cls()  # a foreign or corrupt detail: start afresh
@@ -59,6 +68,9 @@ class Ledger:
                 "failing_since": self.failing_since,
                 "waited": self.waited,
                 "failed_at_s": self.failed_at_s,
+                "slot_at": self.slot_at,
+                "slot_gen": self.slot_gen,
+                "held": self.held,
             }
         }
 

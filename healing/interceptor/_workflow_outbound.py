@@ -24,6 +24,9 @@ from temporalio.worker import (
 )
 
 from healing import metrics
+from healing.classify import fingerprint
+from healing.credentials import DEFAULT_CONNECTION, check_connection
+from healing.drift import DriftReview, review_of
 from healing.errors import DecisionError
 from healing.escalation import apply_patch, build_escalation, format_duration
 from healing.integration import CallHints, encode_hints, read_hints
@@ -35,13 +38,18 @@ from healing.names import (
     ABORTED_TYPE,
     ACTIVITY_PREFIX,
     ADAPT_ACTIVITY,
+    CALL_INTEGRATION_ACTIVITY,
+    CREDENTIAL_ERROR_TYPE,
+    DRIFT_REVIEW_KEY,
     GRANT_REVOKED_TYPE,
     HINTS_HEADER,
     REFRESH_ACTIVITY,
     REPORT_KEY,
+    TOKEN_ENDPOINT_TYPE,
 )
 from healing.policy import StepSituation, final_state, next_step, wait_after_decision
 from healing.types import (
+    Classification,
     ErrorType,
     Escalation,
     EscalationDecision,
@@ -51,6 +59,7 @@ from healing.types import (
 )
 
 _SKIP = object()
+_DRIFT_PATCH = "healing-schema-drift"
 _STORE_PATCH = "healing-store"
 _LEARN_PATCH = "healing-learning"
 _OUTAGE_RULE_PATCH = "healing-outage-rule"
@@ -60,7 +69,29 @@ _HEALING_RETRIES = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=[GRANT_REVOKED_TYPE],
 )
+_BUDGET_RETRIES = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    non_retryable_error_types=[GRANT_REVOKED_TYPE, CREDENTIAL_ERROR_TYPE],
+)
+_TOKEN_ENDPOINT_PATCH = "healing-token-endpoint-outage"
 AnyStart = StartActivityInput | StartLocalActivityInput
+
+
+def _connection_of(inp: AnyStart) -> str | None:
+    """The ``connection`` of a ``call_integration`` request, when it names a valid one (other
+    activities' ``connection`` fields, e.g. a DSN, are not credentials)."""
+    if inp.activity != CALL_INTEGRATION_ACTIVITY:
+        return None
+    arg = inp.args[0] if inp.args else None
+    value = arg.get("connection") if isinstance(arg, dict) else getattr(arg, "connection", None)
+    if not isinstance(value, str) or value == DEFAULT_CONNECTION:
+        return None
+    try:
+        return check_connection(value)
+    except ValueError:
+        return None
 
 
 @dataclasses.dataclass
@@ -84,10 +115,19 @@ class _Call:
     schedule (a long first attempt or a queue backlog is not healing time)."""
     human: bool = False
     """A person decided (a timeout's default is not one): the call ends ``resolved``."""
+    review: tuple[dict[str, Any], DriftReview] | None = None
+    """A drifted response held for a human (the result and its review), for accept_mapping."""
 
     @property
     def first_failure(self) -> datetime:
         return self.attempts[0].at if self.attempts else self.started
+
+
+@dataclasses.dataclass(frozen=True)
+class _Done:
+    """A call finished by a decision, with no new attempt (accept_mapping)."""
+
+    result: Any
 
 
 def _report_of(err: BaseException) -> FailureReport | None:
@@ -136,6 +176,9 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         journal = Journal(lambda: state.feature(_STORE_PATCH, store))
         call = _Call(started=workflow.now(), journal=journal)
         current = input
+        if state.features.get(_DRIFT_PATCH, True):  # not decided against for this run
+            # A header only (replay compares no headers): no marker on the happy path.
+            current = _with_hints(current, drift_reviews=True)
         while True:
             try:
                 result = await start(current)
@@ -143,11 +186,184 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 report = _report_of(err)
                 if report is None:
                     raise
+                self._decide_upfront()
                 current = await self._recover(current, call, report)
                 if current is _SKIP:
                     return None
+                if isinstance(current, _Done):
+                    return await self._succeeded(call, current.result)
                 continue
+            review = review_of(result)
+            if review is not None:
+                self._decide_upfront()
+            if review is not None and self.state.feature(_DRIFT_PATCH, True):
+                # The response is held: a human approves its mapping; nothing is re-sent.
+                current = await self._review(current, call, result, review)
+                if current is _SKIP:
+                    return None
+                if isinstance(current, _Done):
+                    return await self._succeeded(call, current.result)
+                continue
+            self._drift_seen(call, result)
             return await self._succeeded(call, result)
+
+    def _decide_upfront(self) -> None:
+        """Every patch this run may meet, decided before healing runs a local activity."""
+        cfg = self.side.config
+        self.state.decide_upfront(
+            {
+                _STORE_PATCH: self.side.has_store,
+                _LEARN_PATCH: self.side.has_store and cfg.learning.enabled,
+                _OUTAGE_RULE_PATCH: True,
+                _TOKEN_ENDPOINT_PATCH: True,
+                _DRIFT_PATCH: True,
+                NOTIFY_PATCH: cfg.notify_webhook is not None,
+            }
+        )
+
+    def _drift_seen(self, call: _Call, result: Any) -> None:
+        """Drift the activity met (shown in healing_status) and an adaptation it made."""
+        healing = result.get("healing") if isinstance(result, dict) else None
+        if not isinstance(healing, dict) or not (healing.get("drift") or healing.get("schema")):
+            return
+        self._decide_upfront()  # before _succeeded's journal flush runs a local activity
+        if not self.state.feature(_DRIFT_PATCH, True):
+            return
+        self.state.note_drift([str(d) for d in healing.get("drift") or []])
+        schema = healing.get("schema")
+        if not (isinstance(schema, dict) and schema.get("adapted")):
+            return
+        evidence = "; ".join(str(e) for e in schema.get("evidence") or [])
+        detail = f"{schema.get('mapping')} ({evidence or 'see the mapping'})"
+        renames = schema.get("renames")
+        short = [f"{k}->{v}" for k, v in sorted((renames or {}).items())]
+        if schema.get("envelope"):
+            short.insert(0, f"unwrap {schema['envelope']}")
+        connector = str(result.get("connector") or call.connector or "") or None
+        operation = str(schema.get("operation") or call.operation or "") or None
+        self._adapted(call, connector, operation, detail, ", ".join(short) or detail)
+
+    def _adapted(
+        self,
+        call: _Call,
+        connector: str | None,
+        operation: str | None,
+        detail: str,
+        outcome: str,
+    ) -> None:
+        cls = self._drift_classification(connector, operation, detail)
+        call.connector, call.operation = call.connector or connector, call.operation or operation
+        call.errors.append(cls.error_type.value)
+        call.fingerprint = call.fingerprint or cls.fingerprint
+        journal = call.journal
+        journal.connector, journal.operation = call.connector, call.operation
+        journal.tried(pattern_of(cls, call.connector, call.operation), HealingStrategy.SCHEMA_ADAPT)
+        self._note(call, cls.error_type, HealingStrategy.SCHEMA_ADAPT, "healed", detail)
+        journal.event(
+            "adapted",
+            error_type=cls.error_type,
+            fingerprint=cls.fingerprint,
+            strategy=HealingStrategy.SCHEMA_ADAPT,
+            outcome=outcome,
+        )
+        metrics.workflow_schema_adapted(connector, operation, "ok")
+
+    def _drift_classification(
+        self, connector: str | None, operation: str | None, message: str
+    ) -> Classification:
+        row = self.side.config.row(ErrorType.SCHEMA_MISMATCH)
+        return Classification(
+            error_type=ErrorType.SCHEMA_MISMATCH,
+            transient=row.transient,
+            retryable=row.retryable,
+            strategy=row.strategy,
+            max_attempts=row.max_attempts,
+            message=message,
+            fingerprint=fingerprint(
+                connector, operation, ErrorType.SCHEMA_MISMATCH, None, None, "schema drift"
+            ),
+            rule="schema_drift",
+        )
+
+    async def _review(
+        self, current: Any, call: _Call, result: dict[str, Any], review: DriftReview
+    ) -> Any:
+        """Escalate a held response with its proposed mapping (``accept_mapping``)."""
+        mapping = review.mapping
+        call.review = (result, review)
+        call.connector = call.connector or mapping.connector
+        call.operation = call.operation or mapping.operation
+        if call.healing_since is None:
+            call.healing_since = workflow.now()
+        self.state.note_drift(review.drift)
+        cls = self._drift_classification(mapping.connector, mapping.operation, review.explanation)
+        call.errors.append(cls.error_type.value)
+        call.fingerprint = cls.fingerprint
+        call.journal.connector, call.journal.operation = call.connector, call.operation
+        detail = f"proposed {mapping.describe()} (mapping {mapping.mapping_id})"
+        self._note(call, cls.error_type, HealingStrategy.SCHEMA_ADAPT, "failed", detail)
+        self.state.set("healing", cls.error_type.value)
+        report = FailureReport(
+            classification=cls,
+            connector=mapping.connector,
+            operation=mapping.operation,
+            reason=f"the proposed mapping {mapping.mapping_id} needs a human's approval "
+            "(accept_mapping reads the response already received with it)",
+        )
+        call.report = report
+        return await self._escalate(
+            current, call, report, proposal=review.proposal, resend_safe=review.resend_safe
+        )
+
+    async def _accept(
+        self, current: Any, call: _Call, esc: Escalation, decision: EscalationDecision
+    ) -> Any:
+        """accept_mapping: read the held response with the mapping; the call is not re-sent."""
+        assert call.review is not None  # accept_mapping is offered only with a held review
+        held, review = call.review
+        mapping = review.mapping
+        where = f"{mapping.connector}.{mapping.operation}"
+        try:
+            out = await workflow.execute_activity(
+                ADAPT_ACTIVITY,
+                {
+                    "connector": mapping.connector,
+                    "operation": mapping.operation,
+                    "review": review.model_dump(mode="json"),
+                    "mapping_id": decision.mapping_id,
+                    "decided_by": decision.decided_by,
+                },
+                start_to_close_timeout=timedelta(
+                    seconds=self.side.config.healing_activity_timeout_s
+                ),
+                retry_policy=_HEALING_RETRIES,
+                summary=f"apply the accepted schema mapping of {where}",
+            )
+        except ActivityError as err:
+            cause = err.cause
+            problem = cause.message if isinstance(cause, ApplicationError) else str(err)
+            self._note(call, esc.error_type, HealingStrategy.SCHEMA_ADAPT, "failed", problem)
+            assert call.report is not None
+            report = call.report.model_copy(update={"reason": problem})
+            return await self._escalate(
+                current, call, report, proposal=review.proposal, resend_safe=review.resend_safe
+            )
+        call.review = None
+        merged = {k: v for k, v in held.items() if k != DRIFT_REVIEW_KEY}
+        merged["result"], merged["extra"] = out.get("result"), out.get("extra", {})
+        merged["healing"] = {**(held.get("healing") or {}), **(out.get("healing") or {})}
+        schema = (out.get("healing") or {}).get("schema") or {}
+        detail = f"mapping {schema.get('mapping_id')} accepted: {schema.get('mapping')}"
+        self._note(call, esc.error_type, HealingStrategy.SCHEMA_ADAPT, "healed", detail)
+        call.journal.event(
+            "adapted",
+            error_type=esc.error_type,
+            fingerprint=esc.classification.fingerprint,
+            strategy=HealingStrategy.SCHEMA_ADAPT,
+            outcome=detail,
+        )
+        metrics.workflow_schema_adapted(mapping.connector, mapping.operation, "ok")
+        return _Done(merged)
 
     async def _succeeded(self, call: _Call, result: Any) -> Any:
         healing = result.get("healing") if isinstance(result, dict) else None
@@ -247,14 +463,19 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         if verdict.action == "refresh" and connector:
             call.refreshes += 1
             journal.tried(pattern, HealingStrategy.REFRESH_TOKEN)
+            ask: dict[str, Any] = {
+                "connector": connector,
+                "reason": report.reason,
+                "seen_version": report.token_version,
+            }
+            connection = _connection_of(current)
+            if connection is not None:  # absent: "default", and old histories stay alike
+                ask["connection"] = connection
             problem = await self._run_healing_activity(
                 REFRESH_ACTIVITY,
-                {
-                    "connector": connector,
-                    "reason": report.reason,
-                    "seen_version": report.token_version,
-                },
+                ask,
                 f"refresh credentials for {connector} after {etype.value}",
+                budget_s=self._budget(call),
             )
             metrics.workflow_token_refresh(connector, metrics.refresh_outcome(problem))
             metrics.workflow_attempt(
@@ -277,6 +498,13 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 # stays AUTH_EXPIRED (retry or wait).
                 update["classification"] = cls.model_copy(
                     update={"error_type": ErrorType.AUTH_INVALID, "retryable": False}
+                )
+            elif kind == TOKEN_ENDPOINT_TYPE and self.state.feature(_TOKEN_ENDPOINT_PATCH, True):
+                # The healing budget went on a token endpoint outage: an outage for the human
+                # (wait or retry), never "reauthorize".
+                update["reason"] = f"the token endpoint stayed unavailable: {message}"
+                update["classification"] = cls.model_copy(
+                    update={"error_type": ErrorType.SERVICE_DOWN, "retryable": True}
                 )
             report = report.model_copy(update=update)
         elif verdict.action == "adapt":
@@ -345,9 +573,16 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         return max(self.side.config.healing_budget_s - spent, 0.0)
 
     async def _run_healing_activity(
-        self, name: str, arg: dict[str, Any], summary: str
+        self, name: str, arg: dict[str, Any], summary: str, *, budget_s: float | None = None
     ) -> tuple[str, str | None] | None:
-        """Run a healing activity; None when it worked, else (what went wrong, error type)."""
+        """Run a healing activity; None when it worked, else (what went wrong, error type).
+
+        With ``budget_s`` (the refresh), retries go on until the call's healing budget is
+        spent, so a token endpoint outage heals inside the budget."""
+        retry, deadline = _HEALING_RETRIES, None
+        if budget_s is not None and budget_s > 0:
+            retry = _BUDGET_RETRIES
+            deadline = timedelta(seconds=max(budget_s, self.side.config.healing_activity_timeout_s))
         try:
             await workflow.execute_activity(
                 name,
@@ -355,8 +590,8 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 start_to_close_timeout=timedelta(
                     seconds=self.side.config.healing_activity_timeout_s
                 ),
-                # Spans a token endpoint's short outage (and the refresher's 30 s cooldown).
-                retry_policy=_HEALING_RETRIES,
+                schedule_to_close_timeout=deadline,
+                retry_policy=retry,
                 summary=summary,
             )
         except ActivityError as err:
@@ -366,7 +601,15 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             return str(err), None
         return None
 
-    async def _escalate(self, current: Any, call: _Call, report: FailureReport) -> Any:
+    async def _escalate(
+        self,
+        current: Any,
+        call: _Call,
+        report: FailureReport,
+        *,
+        proposal: dict[str, Any] | None = None,
+        resend_safe: bool = True,
+    ) -> Any:
         cfg = self.side.config
         cls = report.classification
         esc = build_escalation(
@@ -388,7 +631,12 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 default_s=cfg.default_wait_s,
                 max_s=cfg.max_wait_s,
             ),
+            proposal=proposal,
+            resend_safe=resend_safe,
         )
+        connection = _connection_of(current)
+        if connection is not None:  # so `credentials authorize` finds who waits on it
+            esc = esc.model_copy(update={"connection": connection})
         self._note(call, cls.error_type, HealingStrategy.ESCALATE, "escalated", report.reason)
         call.journal.settle(healed=False)
         call.journal.event(
@@ -463,6 +711,9 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             self.state.set(final_state(decided_by_human=call.human))
             await call.journal.flush()
             return _SKIP
+        if decision.option == "accept_mapping" and call.review is not None:
+            return await self._accept(current, call, esc, decision)
+        call.review = None  # any other option runs the call again
         # Every other option runs the call again with a fresh budget.
         call.started = workflow.now()
         call.healing_since = None

@@ -7,9 +7,13 @@
 
 Endpoints (CRM): `GET /contacts/{id}`, `POST /contacts` (Stripe-style `Idempotency-Key`),
 `GET /deals/{id}`, `GET /hubspot/contacts/{id}`, `POST /oauth/token` (refresh_token with
-rotation, client_credentials). Control (never faulted, never counted): `GET /__chaos/stats`,
-`POST /__chaos/reset`, `GET|PUT /__chaos/plan`, `GET|POST /__chaos/tokens`,
-`POST /__chaos/expire-tokens`, `POST /__chaos/revoke-grant`.
+rotation, optional reuse detection and reuse interval; client_credentials; authorization_code
+with PKCE), `GET /oauth/authorize` (approves at once and redirects with a code; `login_hint`
+names the account, i.e. the grant). Control (never faulted, never counted): `GET
+/__chaos/stats`, `POST /__chaos/reset`, `GET|PUT /__chaos/plan`, `GET|POST /__chaos/tokens
+[?grant=G]`, `POST /__chaos/expire-tokens`, `POST /__chaos/revoke-grant[?grant=G]`, `PUT
+/__chaos/refresh-policy` (`{"reuse_detection": true, "reuse_interval_s": 5}`), `GET
+/__chaos/rates` (calls and 429s of the plan's `rate_limits`, by header form).
 
 Which request fails how is decided by the `FaultPlan` (see `healing.testing.plan`). Methods of
 `ChaosAPI` must be called on the server's event loop; `start_in_thread()` returns a
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -51,17 +56,20 @@ from healing.testing._http import (
     read_request,
     write_response,
 )
+from healing.testing.drift import drift_body
 from healing.testing.plan import (
     BodyFault,
     FaultPlan,
     LatencyFault,
     ResetFault,
+    SchemaDriftFault,
     SchemaRenameFault,
     StatusFault,
     TimeoutFault,
     TruncatedFault,
     Vendor,
 )
+from healing.testing.ratelimits import RateBook, RateStats
 from healing.testing.state import ChaosState, ChaosStats, TokenSet
 from healing.testing.vendors import status_response
 
@@ -75,6 +83,7 @@ log = logging.getLogger(__name__)
 _CONTACT = re.compile(r"/contacts/([^/]+)")
 _DEAL = re.compile(r"/deals/([^/]+)")
 _HUBSPOT_CONTACT = re.compile(r"/hubspot/contacts/([^/]+)")
+_PERSON = re.compile(r"/people/([^/]+)")
 
 
 def _check_loopback(host: str) -> None:
@@ -148,6 +157,7 @@ class ChaosAPI:
         self._state = ChaosState(
             plan or FaultPlan(), clock=clock, token_ttl_s=token_ttl_s, capacity=idempotency_capacity
         )
+        self._rates = RateBook()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -216,17 +226,24 @@ class ChaosAPI:
     def set_plan(self, plan: FaultPlan) -> None:
         """Replace the plan; attempt numbers and outage windows start again from now."""
         self._state.set_plan(plan)
+        self._rates.reset()
 
     def reset(self) -> None:
         """Clear stats, attempt numbers and idempotency keys; outage windows start again."""
         self._state.reset()
+        self._rates.reset()
 
     def stats(self) -> ChaosStats:
         return self._state.snapshot()
 
-    def issue_tokens(self) -> TokenSet:
-        """A fresh grant (as after a human re-authorizes): new access and refresh tokens."""
-        return self._state.tokens.issue_grant()
+    def rate_stats(self) -> RateStats:
+        """Calls on rate-limited paths and how many got the throttling answer (by form)."""
+        return self._rates.stats
+
+    def issue_tokens(self, grant: str = "default") -> TokenSet:
+        """A fresh grant for account `grant` (as after a human re-authorizes): new access and
+        refresh tokens; the account's old refresh tokens die."""
+        return self._state.tokens.issue_grant(grant)
 
     @property
     def access_token(self) -> str | None:
@@ -236,13 +253,51 @@ class ChaosAPI:
     def refresh_token(self) -> str | None:
         return self._state.tokens.refresh_token
 
+    def tokens_of(self, grant: str) -> tuple[str | None, str | None]:
+        """(latest access token, current refresh token) of account `grant`."""
+        held = self._state.tokens.grants.get(grant)
+        return self._state.tokens.latest_access_of(grant), held.refresh_token if held else None
+
+    def minted_tokens(self) -> list[str]:
+        """Every access and refresh token issued lately (the last 20,000): what a secret scan
+        looks for."""
+        return list(self._state.tokens.minted)
+
+    def accepted_call_times(self) -> list[float]:
+        """When the latest API calls a valid access token got through happened (20,000), on
+        the server's ``clock`` (monotonic by default)."""
+        return list(self._state.tokens.accepted_at)
+
+    def pkce_secrets(self) -> list[str]:
+        """Every authorization code and PKCE verifier presented at the token endpoint (a
+        secret scan looks for them too)."""
+        return list(self._state.tokens.pkce_secrets)
+
     def expire_tokens(self) -> None:
         """Expire every access token now, so the next call takes the 401 path."""
         self._state.tokens.expire_all()
 
-    def revoke_grant(self) -> None:
-        """Revoke the grant: every refresh gets invalid_grant and access tokens expire."""
-        self._state.tokens.revoke()
+    def revoke_grant(self, grant: str | None = None) -> None:
+        """Revoke a grant (every grant when None): refreshes get invalid_grant and its access
+        tokens stop working."""
+        self._state.tokens.revoke(grant)
+
+    def set_refresh_policy(
+        self,
+        *,
+        reuse_detection: bool | None = None,
+        reuse_interval_s: float | None = None,
+        token_ttl_s: float | None = None,
+    ) -> None:
+        """Refresh-token reuse detection (a reused rotated token revokes the grant), the
+        reuse interval after a rotation during which the previous token still works, and the
+        lifetime of access tokens issued from now on."""
+        if token_ttl_s is not None:
+            self._state.tokens.ttl_s = token_ttl_s
+        if reuse_detection is not None:
+            self._state.tokens.reuse_detection = reuse_detection
+        if reuse_interval_s is not None:
+            self._state.tokens.reuse_interval_s = reuse_interval_s
 
     # -- connections ----------------------------------------------------------------------
 
@@ -285,6 +340,19 @@ class ChaosAPI:
             return keep
         key = request.header("idempotency-key") if request.method == "POST" else None
         fault = self._state.begin_call(request.method, request.path, key)
+        extra: tuple[tuple[str, str], ...] = ()
+        if self.plan.rate_limits:
+            elapsed = self._clock() - self._state.epoch
+            extra, throttled = self._rates.admit(
+                self.plan.rate_limits,
+                request.path,
+                request.header,
+                elapsed_s=elapsed,
+                now_epoch=time.time(),
+            )
+            if throttled is not None:
+                await write_response(writer, throttled, close=not keep)
+                return keep
         if isinstance(fault, ResetFault):
             _reset(writer)
             return False
@@ -299,8 +367,13 @@ class ChaosAPI:
             return False
         delay_s = fault.delay_ms / 1000 if isinstance(fault, LatencyFault) else 0.0
         response = await self._answer(request, key, delay_s)
+        if extra:
+            response = Response(response.status, response.body, (*response.headers, *extra))
         if isinstance(fault, SchemaRenameFault) and response.status < 300:
             body = json.dumps(_renamed(json.loads(response.body))).encode()
+            response = Response(response.status, body, response.headers)
+        if isinstance(fault, SchemaDriftFault) and response.status < 300:
+            body = json.dumps(drift_body(fault.change, json.loads(response.body))).encode()
             response = Response(response.status, body, response.headers)
         if isinstance(fault, TruncatedFault):
             cut = int(len(response.body) * fault.keep_fraction)
@@ -342,6 +415,12 @@ class ChaosAPI:
                 return _error(405)
             form = {k: v[-1] for k, v in parse_qs(request.body.decode("latin-1")).items()}
             return self._state.tokens.token_endpoint(form)
+        if request.path == "/oauth/authorize":
+            await asyncio.sleep(delay_s)
+            if request.method != "GET":
+                return _error(405)
+            query = {k: v[-1] for k, v in parse_qs(request.query).items()}
+            return self._state.tokens.authorize(query)
         if self.require_token:
             rejection = self._state.tokens.check(request.header("authorization"), self.auth_vendor)
             if rejection is not None:
@@ -355,6 +434,7 @@ class ChaosAPI:
             (_CONTACT, _contact),
             (_DEAL, _deal),
             (_HUBSPOT_CONTACT, _hubspot_contact),
+            (_PERSON, _person),
         ):
             match = pattern.fullmatch(request.path)
             if match:
@@ -365,6 +445,8 @@ class ChaosAPI:
 
     def _control(self, request: Request) -> Response:
         route = (request.method, request.path.removeprefix("/__chaos"))
+        if route == ("GET", "/rates"):
+            return json_response(200, dataclasses.asdict(self._rates.stats))
         if route == ("GET", "/stats"):
             return json_response(200, self.stats().model_dump(mode="json"))
         if route == ("POST", "/reset"):
@@ -383,13 +465,25 @@ class ChaosAPI:
         if route == ("GET", "/tokens"):
             current = {"access_token": self.access_token, "refresh_token": self.refresh_token}
             return json_response(200, current)
+        grant = {k: v[-1] for k, v in parse_qs(request.query).items()}.get("grant")
         if route == ("POST", "/tokens"):
-            return json_response(200, self.issue_tokens().model_dump())
+            return json_response(200, self.issue_tokens(grant or "default").model_dump())
         if route == ("POST", "/expire-tokens"):
             self.expire_tokens()
             return json_response(200, {"ok": True})
         if route == ("POST", "/revoke-grant"):
-            self.revoke_grant()
+            self.revoke_grant(grant)
+            return json_response(200, {"ok": True})
+        if route == ("PUT", "/refresh-policy"):
+            try:
+                body = request.json()
+                self.set_refresh_policy(
+                    reuse_detection=body.get("reuse_detection"),
+                    reuse_interval_s=body.get("reuse_interval_s"),
+                    token_ttl_s=body.get("token_ttl_s"),
+                )
+            except (ValueError, AttributeError, TypeError):
+                return json_response(400, {"error": "expected {reuse_detection, reuse_interval_s}"})
             return json_response(200, {"ok": True})
         return _error(404)
 
@@ -409,6 +503,16 @@ def _deal(ident: str) -> dict[str, Any]:
 
 def _hubspot_contact(ident: str) -> dict[str, Any]:
     return {"id": ident, "properties": {"email": f"c{ident}@example.com", "amount": "1000.50"}}
+
+
+def _person(ident: str) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "first_name": "Ada",
+        "last_name": f"Lovelace{ident}",
+        "email": f"p{ident}@example.com",
+        "amount": "1000.50",
+    }
 
 
 def _huge_pieces(size: int, piece: int = 64 * 1024) -> Iterator[bytes]:

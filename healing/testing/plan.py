@@ -28,8 +28,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from healing.testing.drift import DriftKind
+from healing.testing.ratelimits import RateWindow
+
 Vendor = Literal["generic", "salesforce", "hubspot", "slack", "github", "google", "graph"]
-FaultKind = Literal["latency", "timeout", "reset", "truncated", "status", "schema_rename", "body"]
+FaultKind = Literal[
+    "latency", "timeout", "reset", "truncated", "status", "schema_rename", "schema_drift", "body"
+]
 
 _POLICIES: dict[str, frozenset[str]] = {
     "hubspot": frozenset({"TEN_SECONDLY_ROLLING", "DAILY"}),
@@ -109,6 +114,15 @@ class SchemaRenameFault(_Frozen):
     kind: Literal["schema_rename"] = "schema_rename"
 
 
+class SchemaDriftFault(_Frozen):
+    """Answer 200, drifted as ``change`` says (``healing.testing.drift``: ``hubspot``,
+    ``rename``, ``merge_name``, ``home_currency``, ``ambiguous``, ``remove``, and the envelopes
+    ``data``, ``results``, ``items``, ``list``). Works on POST answers too."""
+
+    kind: Literal["schema_drift"] = "schema_drift"
+    change: DriftKind = "hubspot"
+
+
 class BodyFault(_Frozen):
     """Answer `status` with a body a client must not trust, then close the connection.
 
@@ -133,12 +147,13 @@ Fault = Annotated[
     | TruncatedFault
     | StatusFault
     | SchemaRenameFault
+    | SchemaDriftFault
     | BodyFault,
     Field(discriminator="kind"),
 ]
 
 # Faults whose response is still a 200 the client can read: the attempt succeeds.
-SUCCESS_KINDS: frozenset[str] = frozenset({"latency", "schema_rename"})
+SUCCESS_KINDS: frozenset[str] = frozenset({"latency", "schema_rename", "schema_drift"})
 
 
 class Outage(_Frozen):
@@ -208,6 +223,8 @@ class FaultPlan(_Frozen):
     rules: tuple[FaultRule, ...] = ()
     rate: float = Field(default=0.0, ge=0, le=1)
     kinds: tuple[Fault, ...] = Field(default_factory=_default_kinds)
+    rate_limits: tuple[RateWindow, ...] = ()
+    """Per-client rate windows and quotas in vendor header forms (`healing.testing.ratelimits`)."""
     max_consecutive: int | None = Field(default=2, ge=1)
     paths_prefix: tuple[str, ...] = DEFAULT_PATHS_PREFIX
 

@@ -180,8 +180,8 @@ def test_alternative_may_not_be_the_connector_itself() -> None:
         ),
         (
             'grant = "refresh_token"',
-            'grant = "refresh_token"\nscopes = "a"',
-            "connector 'crm': unknown key 'auth.scopes'",
+            'grant = "refresh_token"\nscopez = ["a"]',
+            "connector 'crm': unknown key 'auth.scopez'",
         ),
         (
             "idempotent = true",
