@@ -49,6 +49,7 @@ from healing.names import CALL_INTEGRATION_ACTIVITY, DRIFT_REVIEW_KEY
 from healing.ratelimit import FleetPacer, parse_rate_limit_headers
 from healing.redact import is_secret_header, scrub
 from healing.store.base import FleetState
+from healing.store.fallback import FallbackFleetState
 from healing.store.memory import MemoryFleetState
 
 logger = logging.getLogger("healing")
@@ -142,7 +143,8 @@ class IntegrationActivities:
         rate_limit: RateLimitPolicy | None = None,
     ) -> None:
         self.catalog = catalog
-        self.pacer = FleetPacer(fleet if fleet is not None else MemoryFleetState(), rate_limit)
+        shared = MemoryFleetState() if fleet is None else FallbackFleetState(fleet)
+        self.pacer = FleetPacer(shared, rate_limit)
         self._wall = wall_clock
         self._drift = drift or DriftBook(MemoryFleetState())
         self._tokens = tokens

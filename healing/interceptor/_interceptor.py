@@ -34,6 +34,7 @@ from healing.patterns import PatternCache
 from healing.ratelimit import FleetPacer
 from healing.retrybudget import RetryBudget
 from healing.store.base import FleetState, Store
+from healing.store.fallback import FallbackFleetState
 from healing.store.memory import MemoryFleetState
 from healing.types import Classification
 
@@ -88,7 +89,10 @@ class SelfHealingInterceptor(Interceptor):
 
     def _use_fleet(self, fleet: FleetState) -> None:
         """Breakers, rate windows and the retry budget over ``fleet`` (DESIGN s5b): shared by
-        every worker on the same store; a store-less worker keeps them in its memory."""
+        every worker on the same store; a store-less worker keeps them in its memory, and so
+        does any worker while its store is away (``FallbackFleetState``)."""
+        if not isinstance(fleet, MemoryFleetState | FallbackFleetState):
+            fleet = FallbackFleetState(fleet)
         self.fleet = fleet
         self.breakers = FleetBreakers(fleet, self.config.breaker)
         self.pacer = FleetPacer(fleet, self.config.rate_limit)
