@@ -20,8 +20,10 @@ metric (labels)                    counted when, event-log twin
 ``healing_failures``               a call attempt failed and was classified (``classified``)
 (error_type, connector)
 ``healing_attempts``               a healing step and how it ended: ``retry`` (another attempt
-(strategy, outcome, error_type)    scheduled, ``attempt``), ``gave_up`` (the activity side
-                                   handed over, ``gave_up``), ``healed`` / ``resolved``
+(strategy, outcome, error_type)    scheduled, ``attempt``), ``held`` (a wait of our own
+                                   choosing: a rate slot, the retry budget, a parked quota;
+                                   ``attempt``), ``gave_up`` (the activity side handed over,
+                                   ``gave_up``), ``healed`` / ``resolved``
                                    (``healed``; ``resolved`` after a human), ``refreshed``,
                                    ``adapted``, ``rerouted``, ``failed``, ``escalated``
 ``healing_time_to_heal_seconds``   first failure to success, per heal (``healed``);
@@ -213,7 +215,7 @@ def activity_schema_drift(connector: str | None, operation: str | None) -> None:
 
 
 def activity_attempt(strategy: object, outcome: str, error_type: object) -> None:
-    """The activity side's verdict on a failure: ``retry`` or ``gave_up``."""
+    """The activity side's verdict on a call: ``retry``, ``held`` or ``gave_up``."""
     labels = _labels(strategy=strategy, outcome=outcome, error_type=error_type)
     _add(_activity_meter(), ATTEMPTS, labels)
 

@@ -265,6 +265,7 @@ class ActivityInbound(ActivityInboundInterceptor):
                 # other call of the connector (not a failed attempt, no human).
                 spread = random.Random(holder).uniform(0, min(reset * 0.1, 5.0))
                 call.event("attempt", cls, outcome=f"quota spent, parked {reset:.0f}s")
+                metrics.activity_attempt("quota", "held", cls.error_type)
                 raise self._hold(
                     call, f"{cls.message} (parked until the reset)", reset + spread, call.ledger
                 )

@@ -485,7 +485,7 @@ async def test_waits_behind_the_breaker_teach_no_recovery_time(
 ) -> None:
     # Eight concurrent single 503s trip the breaker and wait ~30 s behind it: that wait is
     # the healer's own pacing, not the upstream's recovery time, so it is not learned as one.
-    breaker = BreakerPolicy(failure_threshold=5, window_s=60, open_s=30)
+    breaker = BreakerPolicy(failure_threshold=5, window_s=60, open_s=30, first_open_s=30)
     config = HealingConfig(breaker=breaker, learning=LEARNING)
     plugin = HealingPlugin(config, store=sqlite_store, clock=server_clock)
     once = Scripted(then=lambda call: fail(503) if call.attempt == 1 else None)

@@ -43,6 +43,12 @@ class _BadRequest(Exception):
     pass
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog of 5 resets connections when a test fires 15 at once.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class FakePostgREST:
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
@@ -59,7 +65,7 @@ class FakePostgREST:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
