@@ -52,6 +52,8 @@ class RateLimitInfo:
         window_s: Length of the quota window in seconds, if known.
         source: Which header family it came from (``hubspot``, ``x-ratelimit``, ``ietf``,
             ``salesforce``), for logs.
+        rolling: A rolling window (HubSpot): ``reset_after_s`` is the longest wait, not when
+            the next slot frees up.
     """
 
     limit: int | None
@@ -59,6 +61,7 @@ class RateLimitInfo:
     reset_after_s: float | None
     window_s: float | None
     source: str = ""
+    rolling: bool = False
 
     @property
     def exhausted(self) -> bool:
@@ -130,7 +133,7 @@ def _hubspot(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | No
         return None
     window = interval_ms / 1000.0 if interval_ms is not None else None
     # Rolling window: a whole window is the longest wait before a slot frees up.
-    return RateLimitInfo(limit, remaining, window, window, "hubspot")
+    return RateLimitInfo(limit, remaining, window, window, "hubspot", rolling=True)
 
 
 def _x_ratelimit(headers: Mapping[str, str], now_epoch: float) -> RateLimitInfo | None:
@@ -406,6 +409,7 @@ RATE_SPACE = "ratelimit"
 UNPACED = "unpaced"
 """Source of a window whose slow start ended with no limit seen: calls are no longer paced."""
 _RAMP_HALVINGS = 12  # slow start ends after this many halvings of its spacing
+_PROBE_LEVELS = 32  # doublings of a Retry-After-learned pace kept apart in slot queues
 _OK_BUCKET_S = 0.1  # resolution of the success counter that slow start and Retry-After learn by
 
 
@@ -480,18 +484,32 @@ class Window:
         )
 
 
-def retry_after_window(cur: Window, end: float, reset: float) -> float | None:
-    """The window length a Retry-After-only 429 implies, or None to guess (the first 429).
+def retry_after_window(cur: Window, end: float) -> float | None:
+    """The window a Retry-After-only 429 measures (its end at ``end``), or None when nothing
+    is measured yet (the first such 429: the caller guesses from its Retry-After).
 
     Every such 429's ``now + Retry-After`` is a window boundary, so the distance between two
-    is a whole number of windows: the shortest seen is the window (a multiple still gives the
-    right rate, since the quota is then counted over as many windows)."""
-    known = cur.window_s if cur.source == "retry-after" else None
-    gap = end - cur.reset_at if cur.reset_at else 0.0
+    is a whole number of windows: the shortest distance measured is the window (a multiple
+    still gives the right rate, since the quota is then counted over as many windows). Only
+    measured distances count: a first guess never caps them."""
+    own = cur.source == "retry-after"
+    measured = cur.last_jump if own else 0.0
+    gap = end - cur.reset_at if own and cur.reset_at else 0.0
     # Retry-After has whole seconds: two 429s of one window may end a second apart.
-    if gap > max(1.5, 0.6 * (known or 0.0)):
-        return min(gap, known) if known else gap
-    return known if known else None
+    if gap > max(1.5, 0.6 * measured):
+        measured = min(gap, measured) if measured else gap
+    return measured or None
+
+
+def probing(window: Window, now: float) -> int:
+    """How many doublings above a Retry-After-learned limit the pace probes (0: none).
+
+    Learned from refusals alone, a limit may be measured low (while the pace itself bounded
+    what a window could show): each quiet window since the last 429 doubles the pace, and the
+    next 429 blocks until its window's end, as any would."""
+    if window.source != "retry-after" or not window.reset_at or not window.window_s:
+        return 0
+    return max(math.floor((now - window.reset_at) / window.window_s), 0)
 
 
 def spacing_s(
@@ -500,6 +518,7 @@ def spacing_s(
     policy: RateLimitPolicy,
     *,
     run_ok: int = 0,
+    now: float | None = None,
 ) -> float:
     """Seconds between two starts of a connector's calls, fleet-wide (0: unpaced).
 
@@ -516,7 +535,12 @@ def spacing_s(
     if window is not None and window.known:
         assert window.limit is not None and window.window_s is not None
         if window.window_s <= policy.max_paced_window_s:
-            gaps.append(window.window_s / window.limit)
+            gap = window.window_s / window.limit
+            probe = probing(window, now) if now is not None else 0
+            if probe:
+                gap = gap / 2 ** min(probe, 30)
+            if gap >= 0.001:
+                gaps.append(gap)
     if gaps:
         return max(gaps) / policy.headroom
     if window is None or window.known or not policy.slow_start or window.source == UNPACED:
@@ -537,7 +561,7 @@ def learn(
     run_ok: int,
     fallback_wait_s: float,
     ramp_end: int = 1_000_000,
-    learned: tuple[int, float] | None = None,
+    learned: tuple[int | None, float | None, float] | None = None,
 ) -> Window:
     """The window after one answer (pure): what its headers and status teach.
 
@@ -550,8 +574,8 @@ def learn(
         run_ok: Successes counted since ``cur.run_start``.
         fallback_wait_s: How long a spent window blocks when nothing says until when.
         ramp_end: Successes after which a slow start with no limit seen ends (``UNPACED``).
-        learned: For a 429 that says nothing but Retry-After: the (limit, window) measured
-            from it (:func:`retry_after_window`).
+        learned: For a 429 that says nothing but Retry-After: the (limit, window, measured
+            window) :meth:`FleetPacer.observe` found (None, None: nothing measured yet).
     """
     limit, window_s, source = cur.limit, cur.window_s, cur.source
     reset_at, last_jump = cur.reset_at, cur.last_jump
@@ -591,13 +615,21 @@ def learn(
     if source == UNPACED and not (limit and window_s):
         source = ""  # throttled after all: learn again, from a slow start
     reset = retry_after_s
+    if reset is None and info is not None and info.rolling and not throttled and limit and window_s:
+        # remaining=0 in a rolling window (HubSpot): at the known pace that is every window's
+        # last call, and the next slot frees up one gap later, not a window later.
+        reset = window_s / limit
     if reset is None and info is not None:
         reset = info.reset_after_s if info.reset_after_s is not None else info.window_s
     if reset is None:
         reset = window_s or fallback_wait_s
     if throttled and learned is not None:
         # Retry-After alone: what FleetPacer.observe measured (see retry_after_window).
-        limit, window_s = learned
+        limit, window_s, last_jump = learned
+        if limit is None:
+            limit, window_s = (
+                (cur.limit, cur.window_s) if cur.source == "retry-after" else (None, None)
+            )
         source = "retry-after"
         reset_at = now + reset
     blocked = max(cur.blocked_until, now + reset)
@@ -671,9 +703,9 @@ class FleetPacer:
         run_ok = 0
         if window is not None and window.learning and not window.known and configured is None:
             run_ok = await self._run_ok(connector, window)
-        gap = spacing_s(window, configured, self.policy, run_ok=run_ok)
+        gap = spacing_s(window, configured, self.policy, run_ok=run_ok, now=now)
         blocked = window.blocked_until if window is not None else 0.0
-        gen = window.gen if window is not None else 0
+        gen = _generation(window, now)
         if gap <= 0 and blocked <= now:
             return Reservation(start=now, gen=gen)
         # A spent window with no known pace still hands out distinct starts: no herd at reset.
@@ -692,7 +724,7 @@ class FleetPacer:
         """Read the window afresh before sending: a slot of an older generation (the pace
         changed, or a 429 blocked the connector since) must be taken again."""
         window = await self.window(connector, now=now, fresh=True)
-        return window is None or window.gen == reservation_gen
+        return window is None or _generation(window, now) == reservation_gen
 
     async def observe(
         self,
@@ -718,17 +750,29 @@ class FleetPacer:
             keep = int((now - self.policy.max_paced_window_s * 2) / _OK_BUCKET_S)
             await self.state.counter_add(f"rate:{connector}:ok", bucket, 1, keep_from=keep)
             run_ok = await self._run_ok(connector, cur) if not cur.known else 0
-        learned: tuple[int, float] | None = None
+        learned: tuple[int | None, float | None, float] | None = None
         no_limit = info is None or not info.limit
         if cur.learning and throttled and no_limit and retry_after_s is not None and not configured:
-            # Retry-After alone: the successes of the window that just filled are its quota.
+            # Retry-After alone: the successes of the window that just filled are its quota,
+            # once two 429s have measured the window (the first only marks a boundary).
             end = now + retry_after_s
-            window_s = retry_after_window(cur, end, retry_after_s)
-            since = end - window_s if window_s else (cur.run_start or now)
-            key = f"rate:{connector}:ok"
-            sums = await self.state.counter_sums([key], since_bucket=int(since / _OK_BUCKET_S))
-            if sums[key] > 0:
-                learned = (sums[key], window_s or max(retry_after_s, 1.0))
+            measured = retry_after_window(cur, end)
+            learned = (None, None, 0.0)
+            if measured is not None:
+                key = f"rate:{connector}:ok"
+                start = end - measured  # this window's start, to Retry-After's whole second
+                whole = abs(start - cur.blocked_until) <= 1.0
+                # The last block ended at this window's start (a real window's boundary):
+                # everything accepted since is this window's quota, exactly.
+                since = cur.blocked_until if whole else start
+                bucket = int(since / _OK_BUCKET_S)
+                accepted = (await self.state.counter_sums([key], since_bucket=bucket))[key]
+                if cur.limit and cur.window_s:
+                    # The upstream once took that many in a window, so a smaller count is a
+                    # window cut short by a block, or a 429 that is no window at all (load
+                    # shedding): it never ratchets the pace down.
+                    accepted = max(accepted, round(cur.limit * measured / cur.window_s))
+                learned = (accepted or None, measured if accepted else None, measured)
         new = learn(
             cur,
             info,
@@ -756,6 +800,15 @@ class FleetPacer:
                 RATE_SPACE, connector, window.to_doc(), expected_version=ANY_VERSION, now=now
             )
         self._cache[connector] = (now, window, written)
+
+
+def _generation(window: Window | None, now: float) -> int:
+    """The slot queue a call joins: the window's generation and, while a pace learned from
+    Retry-After probes upwards, its level (a faster pace starts a fresh queue; the calls
+    queued behind the slower one take a slot again)."""
+    if window is None:
+        return 0
+    return window.gen * _PROBE_LEVELS + min(probing(window, now), _PROBE_LEVELS - 1)
 
 
 def _matters(old: Window, new: Window, now: float) -> bool:

@@ -14,6 +14,7 @@ from healing.retrybudget import RetryBudget
 from healing.store.memory import MemoryFleetState
 
 T0 = 1_800_000_000.0
+"""Epoch seconds: compare times to it with ``abs=`` (a relative tolerance would be ~30 min)."""
 
 
 async def _fail(b: FleetBreakers, holder: str, now: float) -> str | None:
@@ -64,7 +65,7 @@ async def test_pacer_learns_a_window_from_headers_and_hands_out_distinct_slots()
     info = parse_rate_limit_headers(headers, now_epoch=T0)
     await pacer.observe("crm", info, now=T0 + 0.1)
     starts = [(await pacer.reserve("crm", now=T0 + 0.1, holder=f"h{i}")).start for i in range(4)]
-    assert starts == pytest.approx([T0 + 0.1, T0 + 0.35, T0 + 0.6, T0 + 0.85])
+    assert starts == pytest.approx([T0 + 0.1, T0 + 0.35, T0 + 0.6, T0 + 0.85], abs=0.001)
     # A 429 with Retry-After blocks the fleet and starts a new queue after the reset.
     before = await pacer.window("crm", now=T0 + 1)
     await pacer.observe("crm", None, now=T0 + 1, throttled=True, retry_after_s=4.0)
@@ -72,7 +73,26 @@ async def test_pacer_learns_a_window_from_headers_and_hands_out_distinct_slots()
     assert before is not None and after is not None and after.gen == before.gen + 1
     assert not await pacer.still_valid("crm", before.gen, now=T0 + 1)
     nxt = await pacer.reserve("crm", now=T0 + 1, holder="late")
-    assert nxt.start == pytest.approx(T0 + 5.0)
+    assert nxt.start == pytest.approx(T0 + 5.0, abs=0.001)
+
+
+async def test_a_spent_rolling_window_with_no_reset_waits_one_gap_not_a_window() -> None:
+    # HubSpot names its limit and interval but no reset: remaining=0 is the last call of a
+    # window at the known pace, so the next slot is one gap later; a real 429 blocks longer.
+    pacer = FleetPacer(MemoryFleetState(), RateLimitPolicy(headroom=1.0))
+    hubspot = {
+        "x-hubspot-ratelimit-max": "20",
+        "x-hubspot-ratelimit-interval-milliseconds": "5000",
+    }
+    left = parse_rate_limit_headers({**hubspot, "x-hubspot-ratelimit-remaining": "3"}, now_epoch=T0)
+    await pacer.observe("hs", left, now=T0)
+    spent = parse_rate_limit_headers(
+        {**hubspot, "x-hubspot-ratelimit-remaining": "0"}, now_epoch=T0
+    )
+    window = await pacer.observe("hs", spent, now=T0 + 1)
+    assert window.blocked_until == pytest.approx(T0 + 1.25, abs=0.001)
+    window = await pacer.observe("hs", spent, now=T0 + 2, throttled=True)
+    assert window.blocked_until == pytest.approx(T0 + 7.0, abs=0.001)  # a 429: the whole interval
 
 
 async def test_long_quota_windows_are_not_paced_but_block_when_spent() -> None:
@@ -83,7 +103,7 @@ async def test_long_quota_windows_are_not_paced_but_block_when_spent() -> None:
     assert (await pacer.reserve("sf", now=T0, holder="b")).start == T0  # a burst is fine
     await pacer.observe("sf", None, now=T0, throttled=True, retry_after_s=3600.0, quota=True)
     parked = await pacer.reserve("sf", now=T0 + 1, holder="c")
-    assert parked.quota and parked.start == pytest.approx(T0 + 3600.0)
+    assert parked.quota and parked.start == pytest.approx(T0 + 3600.0, abs=0.001)
 
 
 async def test_retry_budget_never_refuses_first_attempts_and_caps_retries() -> None:

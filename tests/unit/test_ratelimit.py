@@ -26,7 +26,7 @@ def parse(headers: dict[str, str]) -> RateLimitInfo | None:
                 "x-hubspot-ratelimit-remaining": "0",
                 "x-hubspot-ratelimit-interval-milliseconds": "10000",
             },
-            RateLimitInfo(100, 0, 10.0, 10.0, "hubspot"),
+            RateLimitInfo(100, 0, 10.0, 10.0, "hubspot", rolling=True),
             id="hubspot-burst",
         ),
         pytest.param(
