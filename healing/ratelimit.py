@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 
 from healing.backoff import MAX_WAIT_S, parse_retry_after
 from healing.config import RateLimitPolicy
-from healing.store.base import ANY_VERSION, FleetState
+from healing.store.base import FleetState
 
 _SALESFORCE_WINDOW_S = 24 * 3600.0
 _HUBSPOT_DAILY_WINDOW_S = 24 * 3600.0
@@ -410,6 +410,7 @@ UNPACED = "unpaced"
 """Source of a window whose slow start ended with no limit seen: calls are no longer paced."""
 _RAMP_HALVINGS = 12  # slow start ends after this many halvings of its spacing
 _PROBE_LEVELS = 32  # doublings of a Retry-After-learned pace kept apart in slot queues
+_CAS_TRIES = 4  # a window update lost to another worker is learned again over its write
 _OK_BUCKET_S = 0.1  # resolution of the success counter that slow start and Retry-After learn by
 
 
@@ -741,65 +742,79 @@ class FleetPacer:
 
         ``configured``: the catalog names the connector's limit, which then paces it; a 429
         that says nothing but Retry-After only blocks it until the reset."""
-        old = await self.window(connector, now=now)
-        cur = old or Window()
-        run_ok = 0
         spent = throttled or (info is not None and info.exhausted)
-        if cur.learning and not spent:
+        # A refusal is rare and teaches the most: learn it from the fleet's latest window.
+        old = await self.window(connector, now=now, fresh=spent)
+        run_ok = 0
+        if (old or Window()).learning and not spent:
             bucket = int(now / _OK_BUCKET_S)
             keep = int((now - self.policy.max_paced_window_s * 2) / _OK_BUCKET_S)
             await self.state.counter_add(f"rate:{connector}:ok", bucket, 1, keep_from=keep)
-            run_ok = await self._run_ok(connector, cur) if not cur.known else 0
-        learned: tuple[int | None, float | None, float] | None = None
-        no_limit = info is None or not info.limit
-        if cur.learning and throttled and no_limit and retry_after_s is not None and not configured:
-            # Retry-After alone: the successes of the window that just filled are its quota,
-            # once two 429s have measured the window (the first only marks a boundary).
-            end = now + retry_after_s
-            measured = retry_after_window(cur, end)
-            learned = (None, None, 0.0)
-            if measured is not None:
-                key = f"rate:{connector}:ok"
-                start = end - measured  # this window's start, to Retry-After's whole second
-                whole = abs(start - cur.blocked_until) <= 1.0
-                # The last block ended at this window's start (a real window's boundary):
-                # everything accepted since is this window's quota, exactly.
-                since = cur.blocked_until if whole else start
-                bucket = int(since / _OK_BUCKET_S)
-                accepted = (await self.state.counter_sums([key], since_bucket=bucket))[key]
-                if cur.limit and cur.window_s:
-                    # The upstream once took that many in a window, so a smaller count is a
-                    # window cut short by a block, or a 429 that is no window at all (load
-                    # shedding): it never ratchets the pace down.
-                    accepted = max(accepted, round(cur.limit * measured / cur.window_s))
-                learned = (accepted or None, measured if accepted else None, measured)
-        new = learn(
-            cur,
-            info,
-            now=now,
-            throttled=throttled,
-            retry_after_s=retry_after_s,
-            quota=quota,
-            run_ok=run_ok,
-            fallback_wait_s=self.policy.start_spacing_s * 10,
-            ramp_end=self.policy.start_step * _RAMP_HALVINGS,
-            learned=learned,
-        )
-        if old is None or _matters(old, new, now):
-            await self._write(connector, new, now)
+            if old is not None and not old.known:
+                run_ok = await self._run_ok(connector, old)
+        for _ in range(_CAS_TRIES):
+            cur = old or Window()
+            learned = None
+            bare = throttled and (info is None or not info.limit) and not configured
+            if cur.learning and bare and retry_after_s is not None:
+                learned = await self._retry_after_only(connector, cur, now, retry_after_s)
+            new = learn(
+                cur,
+                info,
+                now=now,
+                throttled=throttled,
+                retry_after_s=retry_after_s,
+                quota=quota,
+                run_ok=run_ok,
+                fallback_wait_s=self.policy.start_spacing_s * 10,
+                ramp_end=self.policy.start_step * _RAMP_HALVINGS,
+                learned=learned,
+            )
+            if old is not None and not _matters(old, new, now):
+                return new
+            if await self._put(connector, new, now):
+                return new
+            # Another worker wrote first: learn this answer again over its window.
+            old = await self.window(connector, now=now, fresh=True)
         return new
 
-    async def _write(self, connector: str, window: Window, now: float) -> None:
+    async def _retry_after_only(
+        self, connector: str, cur: Window, now: float, retry_after_s: float
+    ) -> tuple[int | None, float | None, float]:
+        """What a 429 that says nothing but Retry-After teaches: the successes of the window
+        that just filled are its quota, once two 429s have measured the window (the first
+        only marks a boundary). Returns (limit, window, measured window) for :func:`learn`."""
+        end = now + retry_after_s
+        measured = retry_after_window(cur, end)
+        if measured is None:
+            return None, None, 0.0
+        key = f"rate:{connector}:ok"
+        start = end - measured  # this window's start, to Retry-After's whole second
+        # The last block ended at this window's start (a real window's boundary): everything
+        # accepted since is this window's quota, exactly.
+        whole = abs(start - cur.blocked_until) <= 1.0
+        since = cur.blocked_until if whole else start
+        accepted = (await self.state.counter_sums([key], since_bucket=int(since / _OK_BUCKET_S)))[
+            key
+        ]
+        if cur.limit and cur.window_s:
+            # The upstream once took that many in a window, so a smaller count is a window cut
+            # short by a block, or a 429 that is no window at all (load shedding): it never
+            # ratchets the pace down.
+            accepted = max(accepted, round(cur.limit * measured / cur.window_s))
+        return (accepted or None, measured if accepted else None, measured)
+
+    async def _put(self, connector: str, window: Window, now: float) -> bool:
+        """Write the window over the version this worker read (compare-and-swap)."""
         cached = self._cache.get(connector)
         version = cached[2] if cached is not None else None
         written = await self.state.state_put(
             RATE_SPACE, connector, window.to_doc(), expected_version=version, now=now
         )
-        if written is None:  # another worker wrote first: ours is as new, it wins
-            written = await self.state.state_put(
-                RATE_SPACE, connector, window.to_doc(), expected_version=ANY_VERSION, now=now
-            )
+        if written is None:
+            return False
         self._cache[connector] = (now, window, written)
+        return True
 
 
 def _generation(window: Window | None, now: float) -> int:

@@ -5,10 +5,11 @@ count every upstream call.
 - A 30 s outage under 200 workflows and 3 worker processes costs the upstream the breaker's 5
   failures plus one probe per half-open window, for the whole fleet; every call heals after.
 - 300 calls against a 20 requests / 5 s window, once per header form and once with the
-  catalog's limit (all forms at once, each against its own ChaosAPI and connector): all complete
-  with no human, at most one window's worth of 429s each. The time against the window's
-  minimum (the issue asks for 1.2x) is printed, not asserted: a shared 2-core machine swings it
-  by 20-40 s, and speed targets belong to benchmarks, never to timed assertions.
+  catalog's limit (two or three forms at a time, each against its own ChaosAPI and connector):
+  all complete with no human, at most one window's worth of 429s each, within 1.2x the
+  window's own minimum time. That time is the upstream's pace, not this machine's speed (the
+  calls wait for their slots), which is why it is asserted here; the same bound is checked in
+  simulated time in tests/unit/test_pacing_sim.py.
 - A spent daily quota parks the calls until its reset and resumes them with no human.
 """
 
@@ -33,6 +34,8 @@ from temporalio.service import RPCError
 from healing import HealingConfig, HealingPlugin
 from healing.devserver import DevServer
 from healing.names import STATUS_QUERY
+from healing.ratelimit import RATE_SPACE
+from healing.store import SQLiteStore
 from healing.testing import ChaosAPI, ChaosThread, FaultPlan, FaultRule
 from healing.testing.plan import Outage
 from healing.testing.ratelimits import RATE_FORMS, RateForm, RateWindow
@@ -100,15 +103,6 @@ class Worker:
             await proc.wait()
 
 
-# Issue 8 is open: these two proofs are not yet stable on a shared 2-core machine (the outage
-# proof failed in a full-suite run; the vendor header forms miss 1.2x the window's minimum).
-# They run on demand, never counted as passing: HEALING_FLEET_PROOFS=1 pytest tests/chaos/...
-FLEET_PROOFS = pytest.mark.skipif(
-    os.environ.get("HEALING_FLEET_PROOFS") != "1",
-    reason="issue 8 fleet proof, not yet stable in CI: run with HEALING_FLEET_PROOFS=1",
-)
-
-
 @pytest.fixture
 async def client(dev_server: DevServer) -> Client:
     return await Client.connect(dev_server.address, plugins=[HealingPlugin(HealingConfig())])
@@ -162,7 +156,6 @@ STORM_WORKFLOWS = 200
 STORM_WORKERS = 3
 
 
-@FLEET_PROOFS
 async def test_outage_costs_the_fleet_its_threshold_and_one_probe_per_window(
     dev_server: DevServer, client: Client, tmp_path: Path
 ) -> None:
@@ -196,6 +189,10 @@ async def test_outage_costs_the_fleet_its_threshold_and_one_probe_per_window(
             await _cleanup(client, queue, procs)
         finally:
             chaos.stop()
+    healed_s = time.monotonic() - t0 - OUTAGE_S
+    print(
+        f"{during} upstream calls in the {OUTAGE_S:g}s outage; all healed {healed_s:.1f}s after it"
+    )
     policy = cfg.breaker
     # Half-open windows that began inside the outage: the first after first_open_s, then every
     # open_s (the probe that finds it recovered is not a call during the outage).
@@ -234,10 +231,13 @@ def _connector(form: str) -> str:
     return "rl_" + form.replace("-", "_")
 
 
-# Two halves, each one run of five forms at once: all ten at once outrun a 2-core machine.
+# Runs of two or three forms at once (each against its own ChaosAPI and connector): five or
+# ten at once outrun a 2-core machine, and the time measured is then the machine's.
 FORM_GROUPS = {
-    "vendor-forms": ("retry-after", "retry-after-date", "x-ratelimit", "github", "hubspot"),
-    "ietf-and-catalog": ("ietf-03", "ietf-07", "ietf-10", "ietf-policy", "catalog"),
+    "retry-after": ("retry-after", "retry-after-date"),
+    "x-ratelimit": ("x-ratelimit", "github", "hubspot"),
+    "ietf": ("ietf-03", "ietf-07", "ietf-10"),
+    "policy-and-catalog": ("ietf-policy", "catalog"),
 }
 
 
@@ -245,7 +245,6 @@ def test_form_groups_cover_every_form() -> None:
     assert sorted(f for g in FORM_GROUPS.values() for f in g) == sorted([*RATE_FORMS, "catalog"])
 
 
-@FLEET_PROOFS
 @pytest.mark.parametrize("group", sorted(FORM_GROUPS))
 async def test_rate_windows_in_every_header_form_pace_300_calls_with_no_human(
     dev_server: DevServer, client: Client, tmp_path: Path, group: str
@@ -314,6 +313,8 @@ async def test_rate_windows_in_every_header_form_pace_300_calls_with_no_human(
         finally:
             for thread in threads.values():
                 thread.stop()
+    windows = await _learned_windows(tmp_path / "healing.db")
+    print("learned windows:", {k: windows.get(_connector(k)) for k in forms})
     report = {f: (rates[f].throttled, round(finished[f], 1)) for f in forms}
     ratios = {f: round(s / WINDOW_MIN_S, 2) for f, (_, s) in report.items()}
     print(f"429s and seconds per form: {report}; x the window's minimum: {ratios}")
@@ -322,6 +323,24 @@ async def test_rate_windows_in_every_header_form_pace_300_calls_with_no_human(
         assert statuses == ["COMPLETED"] * (RATE_CALLS // BATCH), form
         assert rates[form].calls >= RATE_CALLS
     assert {f: n for f, (n, _) in report.items() if n > WINDOW[0]} == {}
+    assert {f: r for f, r in ratios.items() if r > 1.2} == {}
+
+
+async def _learned_windows(db: Path) -> dict[str, tuple[object, ...]]:
+    """(limit, window_s, source) per connector, as the fleet's store holds them."""
+    store = SQLiteStore(db)
+    try:
+        entries = await store.state_list(RATE_SPACE)
+    finally:
+        await store.close()
+    return {
+        e.key: (
+            e.value.get("limit"),
+            round(float(e.value.get("window_s") or 0), 2),
+            e.value.get("source"),
+        )
+        for e in entries
+    }
 
 
 # -- a spent daily quota -------------------------------------------------------------------------

@@ -95,6 +95,20 @@ async def test_a_spent_rolling_window_with_no_reset_waits_one_gap_not_a_window()
     assert window.blocked_until == pytest.approx(T0 + 7.0, abs=0.001)  # a 429: the whole interval
 
 
+async def test_a_worker_with_a_stale_window_never_undoes_a_block_another_worker_wrote() -> None:
+    fleet = MemoryFleetState()
+    a, b = FleetPacer(fleet, RateLimitPolicy()), FleetPacer(fleet, RateLimitPolicy())
+    ietf = {"ratelimit-policy": "20;w=5"}
+    await a.observe("crm", parse_rate_limit_headers(ietf, now_epoch=T0), now=T0)
+    await b.observe("crm", None, now=T0 + 0.5, throttled=True, retry_after_s=4.0)
+    # a still holds its window of T0 (cached) when an answer with a new limit arrives.
+    tighter = parse_rate_limit_headers({"ratelimit-policy": "10;w=5"}, now_epoch=T0 + 0.6)
+    await a.observe("crm", tighter, now=T0 + 0.6)
+    window = await b.window("crm", now=T0 + 0.7, fresh=True)
+    assert window is not None and window.limit == 10
+    assert window.blocked_until == pytest.approx(T0 + 4.5, abs=0.001)
+
+
 async def test_long_quota_windows_are_not_paced_but_block_when_spent() -> None:
     pacer = FleetPacer(MemoryFleetState(), RateLimitPolicy())
     info = parse_rate_limit_headers({"sforce-limit-info": "api-usage=10/15000"}, now_epoch=T0)
