@@ -80,8 +80,10 @@ class RateLimitPolicy(BaseModel):
     """Learned windows up to this long are paced evenly (a burst limit); longer ones (hourly,
     daily and org quotas) are spent freely and block the connector only once exhausted."""
     park_after_s: float = Field(default=120.0, gt=0)
-    """A spent quota that comes back later than this parks the call in the workflow (a
-    durable timer, visible in its status and memo) instead of a server-side retry."""
+    """A spent daily or org quota that comes back later than this parks the call in the
+    workflow (a durable timer, in ``healing_status.parked`` and Current Details, no human)
+    instead of waiting on the server; one that resets past ``max_wait_s``, or is still spent
+    after three resets, asks a human."""
 
 
 class RetryBudgetPolicy(BaseModel):
@@ -149,7 +151,8 @@ class HealingConfig(BaseSettings):
     max_retry_after_s: float = Field(default=120.0, gt=0)
     """A Retry-After longer than this (or than the budget left) escalates instead of waiting."""
     max_wait_s: float = Field(default=24 * 3600.0, gt=0)
-    """The longest a ``wait`` decision parks a call, whatever the human or the service asked."""
+    """The longest a ``wait`` decision or a spent quota parks a call, whatever the human or the
+    service asked."""
     default_wait_s: float = Field(default=60.0, gt=0)
     """A ``wait`` decision's length when neither the human nor the service named one."""
     escalation_timeout_s: float = Field(default=7 * 24 * 3600.0, gt=0)

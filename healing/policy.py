@@ -20,7 +20,7 @@ and which final state a call reports (:func:`final_state`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from healing.escalation import format_duration
 from healing.learning import StrategyHint
@@ -50,7 +50,7 @@ WORKFLOW_STRATEGIES: dict[HealingStrategy, str] = {
 """Strategies only the workflow side can carry out (it runs the healing activities)."""
 
 AttemptAction = Literal["retry", "wait_recovery", "hand_over"]
-StepAction = Literal["refresh", "adapt", "reroute", "escalate"]
+StepAction = Literal["refresh", "adapt", "reroute", "park", "escalate"]
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,16 @@ class StepSituation:
     """The call names a connector (refresh, adapt and reroute need one)."""
     legacy: bool = False
     """A workflow started before the outage rule: reroute as it did then (replay safety)."""
+    parks: int = 0
+    """Times this call already waited for a spent quota's reset."""
+    park_max_s: float = 0.0
+    """The longest reset a spent quota parks the call for with no human (0: never parks, as
+    workflows started before parking did)."""
+
+
+MAX_PARKS: Final = 3
+"""Resets a call waits for before a human is asked: a quota still spent after three resets
+is not coming back by itself (a wrong reset header, a plan downgrade)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,8 @@ class StepVerdict:
     target: str | None = None
     """For reroute: the alternative to call."""
     reason: str = ""
+    delay_s: float | None = None
+    """For park: seconds until the quota's reset."""
 
 
 def next_step(s: StepSituation) -> StepVerdict:
@@ -216,6 +228,12 @@ def next_step(s: StepSituation) -> StepVerdict:
     if reroutable and s.has_connector and s.untried_alternatives:
         target = s.untried_alternatives[0]
         return StepVerdict("reroute", target=target, reason=f"{etype.value}: try {target}")
+    reset = cls.retry_after_s
+    if etype is ErrorType.QUOTA_EXHAUSTED and reset is not None and 0 < reset <= s.park_max_s:
+        # The account's quota comes back at a known time: the call waits for it, durably.
+        if s.parks < MAX_PARKS:
+            return StepVerdict("park", reason="the quota resets by itself", delay_s=reset)
+        return StepVerdict("escalate", reason=f"{s.parks} quota resets did not help")
     return StepVerdict("escalate", reason="no healing strategy is left")
 
 

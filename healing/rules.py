@@ -138,8 +138,6 @@ DEFAULT_RULES: tuple[Rule, ...] = (
           body_contains="secondary rate limit"),
     _rule("secondary_rate_limit_message", E.RATE_LIMITED, status=[403, 429],
           message_regex="(?i)secondary rate limit"),
-    _rule("forbidden_with_retry_after", E.RATE_LIMITED, status=[403],
-          header={"retry-after": "*"}),
     _rule("github_primary_rate_limit", E.RATE_LIMITED, status=[403, 429],
           header={"x-ratelimit-remaining": r"^\s*0\s*$"}),
     _rule("google_invalid_token", E.AUTH_EXPIRED, status=[401],
@@ -148,6 +146,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
           body_field={"error.errors.*.reason": "rateLimitExceeded|userRateLimitExceeded"}),
     _rule("google_quota_exhausted", E.QUOTA_EXHAUSTED, status=[403, 429], escalate_now=True,
           body_field={"error.errors.*.reason": "dailyLimitExceeded|quotaExceeded"}),
+    # After the vendor shapes: a body naming a spent daily quota says more than the header.
+    _rule("forbidden_with_retry_after", E.RATE_LIMITED, status=[403],
+          header={"retry-after": "*"}),
     _rule("oauth_invalid_grant", E.AUTH_INVALID, status=[400, 401],
           body_field={"error": "invalid_grant|invalid_client|unauthorized_client"}),
     _rule("stripe_idempotency_in_use", E.CONFLICT, status=[409],

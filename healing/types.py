@@ -217,6 +217,9 @@ class HealingStatus(_Frozen):
     drift: list[str] = Field(default_factory=list)
     """Schema drift this workflow's calls met (``added properties.hs_new_prop (string)``),
     names and types only; also drift that failed nothing."""
+    parked: dict[str, datetime] = Field(default_factory=dict)
+    """Calls waiting, with no human, for a spent quota's reset: ``connector.operation`` -> when
+    they resume (UTC)."""
 
     @property
     def open_escalation(self) -> Escalation | None:

@@ -6,6 +6,7 @@ Runs in workflow context outside the sandbox: no module-level mutable state.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -71,6 +72,8 @@ class WorkflowHealing:
         """Escalations whose pause has been logged (once each; replays log nothing)."""
         self.drift: list[str] = []
         """Schema drift this run's calls met, once each (``healing_status``)."""
+        self.parked: dict[str, datetime] = {}
+        """Calls waiting for a spent quota's reset (``connector.operation`` -> resume time)."""
         self.log = workflow.LoggerAdapter(logging.getLogger("healing"), None)
         self.log.workflow_info_on_message = False  # the line names the workflow itself
 
@@ -82,6 +85,7 @@ class WorkflowHealing:
             open_escalations=list(self.open.values()),
             history=list(self.history),
             drift=list(self.drift),
+            parked=dict(self.parked),
         )
 
     def note_drift(self, changes: list[str]) -> None:
@@ -127,6 +131,14 @@ class WorkflowHealing:
             details = f"**Last decision rejected:** {self.rejected}\n\nHealing: {self.state}"
         else:
             details = f"Healing: {self.state}"
+        if self.parked and not self.open:
+            waits = (
+                f"- {call}: quota spent, resumes by itself at {at:%Y-%m-%d %H:%M:%S} UTC"
+                for call, at in sorted(self.parked.items())
+            )
+            details += "\n\n**Parked until the quota resets** (no decision needed):\n" + "\n".join(
+                waits
+            )
         workflow.set_current_details(details)
 
     def _announce(self) -> None:

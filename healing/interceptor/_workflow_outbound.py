@@ -76,6 +76,7 @@ _BUDGET_RETRIES = RetryPolicy(
     non_retryable_error_types=[GRANT_REVOKED_TYPE, CREDENTIAL_ERROR_TYPE],
 )
 _TOKEN_ENDPOINT_PATCH = "healing-token-endpoint-outage"
+_QUOTA_PARK_PATCH = "healing-quota-park"
 AnyStart = StartActivityInput | StartLocalActivityInput
 
 
@@ -117,6 +118,8 @@ class _Call:
     """A person decided (a timeout's default is not one): the call ends ``resolved``."""
     review: tuple[dict[str, Any], DriftReview] | None = None
     """A drifted response held for a human (the result and its review), for accept_mapping."""
+    parks: int = 0
+    """Times this call waited for a spent quota's reset."""
 
     @property
     def first_failure(self) -> datetime:
@@ -217,6 +220,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 _OUTAGE_RULE_PATCH: True,
                 _TOKEN_ENDPOINT_PATCH: True,
                 _DRIFT_PATCH: True,
+                _QUOTA_PARK_PATCH: True,
                 NOTIFY_PATCH: cfg.notify_webhook is not None,
             }
         )
@@ -458,6 +462,12 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 has_connector=bool(connector),
                 # Workflows started before the outage rule replay by the old reroute set.
                 legacy=not self.state.feature(_OUTAGE_RULE_PATCH, True),
+                parks=call.parks,
+                park_max_s=(
+                    self.side.config.max_wait_s
+                    if self.state.feature(_QUOTA_PARK_PATCH, True)
+                    else 0.0
+                ),
             )
         )
         if verdict.action == "refresh" and connector:
@@ -561,9 +571,45 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 round=hints.round + 1,
                 budget_s=self._budget(call),
             )
+        elif verdict.action == "park" and verdict.delay_s is not None:
+            return await self._park(current, call, report, verdict.delay_s)
         if verdict.action == "escalate" and verdict.reason.endswith("did not help"):
             report = report.model_copy(update={"reason": f"{report.reason}; {verdict.reason}"})
         return await self._escalate(current, call, report)
+
+    async def _park(self, current: Any, call: _Call, report: FailureReport, delay: float) -> Any:
+        """Wait, durably and with no human, for a spent quota's reset; then call again.
+
+        A workflow timer: a worker restart or a deploy meanwhile changes nothing, and
+        ``healing_status``, Current Details and the timer's summary say when it resumes."""
+        cls = report.classification
+        delay = max(delay, 1.0)
+        until = workflow.now() + timedelta(seconds=delay)
+        what = f"{call.connector or '?'}.{call.operation or '?'}"
+        call.parks += 1
+        detail = f"quota spent: parked until {until:%Y-%m-%d %H:%M:%S} UTC, resumes by itself"
+        self._note(
+            call, cls.error_type, HealingStrategy.WAIT_RETRY_AFTER, "waiting", detail, delay_s=delay
+        )
+        call.journal.event(
+            "attempt",
+            error_type=cls.error_type,
+            fingerprint=cls.fingerprint,
+            strategy=HealingStrategy.WAIT_RETRY_AFTER,
+            outcome=f"parked {format_duration(delay)} until the quota resets",
+        )
+        await call.journal.flush()
+        metrics.workflow_attempt("quota", "held", cls.error_type)
+        self.state.parked[what] = until
+        self.state.set("healing", cls.error_type.value)
+        try:
+            await workflow.sleep(
+                delay, summary=f"quota of {call.connector} spent: parked until the reset"
+            )
+        finally:
+            self.state.parked.pop(what, None)
+        hints = _hints(current)
+        return _with_hints(current, round=hints.round + 1, budget_s=None)
 
     def _untried(self, call: _Call, connector: str) -> list[str]:
         return [a for a in call.alternatives if a not in call.rerouted and a != connector]
