@@ -361,6 +361,14 @@ class FleetBreakers:
             return Admission(False, 0.05, closed_at=closed_at)
         return Admission(True, closed_at=closed_at)
 
+    async def is_open(self, connector: ConnectorName, *, now: float) -> bool:
+        """Whether the fleet holds ``connector``'s circuit open at ``now`` (read only: no
+        probe is taken). A reroute skips an alternative that is down for everyone."""
+        if not self.policy.enabled:
+            return False
+        doc, _ = await self._doc(connector)
+        return self._view(connector, doc, now).state == "open"
+
     def _keep_from(self, now: float, closed_at: float) -> int:
         return max(int(now - self.policy.window_s) + 1, int(closed_at) + 1 if closed_at else 0)
 

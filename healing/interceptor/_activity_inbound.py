@@ -468,6 +468,7 @@ class ActivityInbound(ActivityInboundInterceptor):
             # failure): count every earlier attempt against this type, the safe side.
             counts = {key: earlier}
         counts[key] = counts.get(key, 0) + 1
+        alternatives = await self._healthy_alternatives(call)
         used = counts[key]
         total = call.elapsed()
         # The budget counts from the first failure: a long first attempt or a queue backlog
@@ -491,7 +492,7 @@ class ActivityInbound(ActivityInboundInterceptor):
                 max_retry_after_s=cfg.max_retry_after_s,
                 hint=hint,
                 circuit_wait_s=self._circuit_wait(cls, call),
-                has_alternative=bool(self._untried(call)),
+                has_alternative=bool(self._untried(call, alternatives)),
                 spread=spread,
             )
         )
@@ -536,7 +537,7 @@ class ActivityInbound(ActivityInboundInterceptor):
                 learned=hint.reason if hint is not None else None,
                 activity_id=info.activity_id,
                 token_version=call.context.token_version if call.context else None,
-                alternatives=self.root.alternatives.get(call.base_connector or "", []),
+                alternatives=alternatives,
             ).model_dump(mode="json")
         }
         message = cls.message or key
@@ -564,11 +565,17 @@ class ActivityInbound(ActivityInboundInterceptor):
             category=category,
         )
 
-    def _untried(self, call: Attempt) -> list[str]:
+    async def _healthy_alternatives(self, call: Attempt) -> list[str]:
+        """The call's alternatives whose circuit the fleet does not hold open: a reroute to
+        one that is down for everyone would only wait behind its circuit."""
+        known = self.root.alternatives.get(call.base_connector or "", [])
+        now = self._now(call)
+        return [a for a in known if not await self.root.breakers.is_open(a, now=now)]
+
+    def _untried(self, call: Attempt, alternatives: list[str]) -> list[str]:
         """Alternatives of the call's connector it has not been sent to yet."""
         tried = {call.connector, *call.hints.rerouted}
-        known = self.root.alternatives.get(call.base_connector or "", [])
-        return [a for a in known if a not in tried]
+        return [a for a in alternatives if a not in tried]
 
     def _circuit_wait(self, cls: Classification, call: Attempt) -> float | None:
         """Seconds until the connector's open circuit lets a probe through, if it is open

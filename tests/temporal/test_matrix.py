@@ -26,6 +26,7 @@ from healing import (
     SchemaMismatch,
     current_call,
 )
+from healing.breaker import BREAKER_SPACE
 from healing.credentials import Credential, MemoryCredentialStore, OAuthClient
 from healing.errors import IntegrationFailure
 from healing.oauth import TokenRefresher
@@ -517,3 +518,22 @@ async def test_a_401_after_a_siblings_rotation_uses_it_without_rotating_again(
         out = await (await harness.start()).result()
     assert out["result"]["ok"] is True and acts.count == 2
     assert grants == []  # the sibling's token was used; no second rotation
+
+
+async def test_reroute_skips_an_alternative_whose_circuit_the_fleet_holds_open(
+    harness: Harness,
+) -> None:
+    healer = plugin(alternatives={"crm": ["crm_eu", "crm_us"]})
+    # crm_eu is down for the whole fleet: its circuit is open in the shared state.
+    opened = {"state": "open", "opened_at": 0.0, "open_s": 1e12, "opens": 1}
+    fleet = healer.interceptor.breakers.state
+    assert await fleet.state_put(BREAKER_SPACE, "crm_eu", opened, expected_version=None, now=0.0)
+    acts = Scripted(then=lambda c: fail(503) if c.connector in ("crm", "crm_eu") else None)
+    async with harness.worker(acts.activity, plugin=healer):
+        handle = await harness.start()
+        out = await handle.result()
+        st = await harness.status(handle)
+    assert [c.connector for c in acts.calls] == ["crm"] * 4 + ["crm_us"]
+    assert out["result"]["connector"] == "crm_us"
+    reroutes = [a.detail for a in st.history if a.strategy == "reroute"]
+    assert reroutes == ["reroute to crm_us"]  # never sent to wait behind crm_eu's circuit
