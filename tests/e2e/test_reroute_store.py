@@ -113,3 +113,90 @@ async def test_reroute_with_the_postgres_store(
     dev_server: DevServer, tmp_path: Path, pg_url: str
 ) -> None:
     await _reroute_with_store(dev_server, tmp_path, pg_url)
+
+
+async def test_two_workers_skip_a_second_region_the_fleet_found_down(
+    dev_server: DevServer, tmp_path: Path
+) -> None:
+    # Three regions: the primary and the EU region answer 503 for good, the US one works.
+    # Two `python worker.py` processes on their default store share the breakers, so once
+    # EU's circuit is open for the fleet, calls reroute from the primary straight to the US.
+    down = FaultPlan(rules=(FaultRule(path="/contacts*", always=StatusFault(status=503)),))
+    async with (
+        ChaosAPI(down) as primary,
+        ChaosAPI(down) as eu,
+        ChaosAPI(FaultPlan()) as us,
+    ):
+        op = '[connectors.{0}.operations.get_contact]\nmethod = "GET"\npath = "/contacts/{{id}}"\n'
+        catalog = tmp_path / "connectors.toml"
+        catalog.write_text(
+            f'[connectors.crm]\nbase_url = "{primary.url}"\ntimeout_s = 5\n'
+            'alternatives = ["crm_eu", "crm_us"]\n'
+            + op.format("crm")
+            + f'[connectors.crm_eu]\nbase_url = "{eu.url}"\ntimeout_s = 5\n'
+            + op.format("crm_eu")
+            + f'[connectors.crm_us]\nbase_url = "{us.url}"\ntimeout_s = 5\n'
+            + op.format("crm_us")
+        )
+        task_queue = f"regions-{uuid.uuid4()}"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("HEALING_")},
+            "TEMPORAL_ADDRESS": dev_server.address,
+            "HEALING_TASK_QUEUE": task_queue,
+            "HEALING_CONNECTORS": str(catalog),
+            "HEALING_BACKOFF__INITIAL_S": "0.1",
+        }
+        procs = []
+        try:
+            for _ in range(2):  # the default store: .healing/healing.db under the cwd
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    WORKER,
+                    cwd=tmp_path,
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                procs.append(proc)
+                assert proc.stdout is not None
+                await asyncio.wait_for(proc.stdout.readline(), 30)  # the banner: polling
+            client = await Client.connect(dev_server.address, plugins=[HealingPlugin()])
+            results = await asyncio.gather(
+                *(
+                    client.execute_workflow(
+                        "IntegrationWorkflow",
+                        {
+                            "steps": [
+                                {
+                                    "connector": "crm",
+                                    "operation": "get_contact",
+                                    "params": {"id": str(i)},
+                                }
+                            ]
+                        },
+                        id=f"regions-{i}-{uuid.uuid4()}",
+                        task_queue=task_queue,
+                        result_type=dict,
+                        execution_timeout=timedelta(seconds=120),
+                    )
+                    for i in range(20)
+                )
+            )
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGINT)
+                    try:
+                        await asyncio.wait_for(proc.wait(), 30)
+                    except TimeoutError:
+                        proc.kill()
+                        await proc.wait()
+        steps = [r["steps"][0] for r in results]
+        assert all(s["status"] == "ok" and s["served_by"] == "crm_us" for s in steps), steps
+        routes = [tuple(s["healing"]["rerouted_to"]) for s in steps]
+        # The EU region cost the fleet its breaker threshold, not one call per workflow ...
+        eu_calls = eu.stats().total_calls
+        assert eu_calls <= 8, (eu_calls, routes)
+        # ... and the calls that came after went straight to the US region.
+        print(f"EU region: {eu_calls} calls; routes: {sorted(set(routes))}")
+        assert ("crm_us",) in routes, routes
