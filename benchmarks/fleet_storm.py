@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,15 +31,19 @@ from temporalio.client import Client  # noqa: E402
 from temporalio.common import RetryPolicy  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
-from benchmarks.harness import PlainActivities, RetryPolicyInterceptor, table  # noqa: E402
-from healing import HealingConfig, HealingPlugin  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    PlainActivities,
+    RetryPolicyInterceptor,
+    dev_server_client,
+    start_worker_procs,
+    stop_procs,
+    table,
+)
 from healing.catalog import ConnectorCatalog  # noqa: E402
 from healing.devserver import DevServer  # noqa: E402
 from healing.testing import ChaosAPI, FaultPlan, FaultRule  # noqa: E402
 from healing.testing.plan import Outage  # noqa: E402
 from workflows import IntegrationInput, IntegrationWorkflow, Step  # noqa: E402
-
-WORKER = ROOT / "tests" / "chaos" / "worker_proc.py"
 
 
 def _catalog(url: str, path: Path) -> Path:
@@ -51,28 +52,6 @@ def _catalog(url: str, path: Path) -> Path:
         '[connectors.crm.operations.get_contact]\nmethod = "GET"\npath = "/contacts/{id}"\n'
     )
     return path
-
-
-async def _procs(
-    n: int, address: str, queue: str, catalog: Path, store: str, tmp: Path
-) -> list[Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALING_")}
-    env["PYTHONPATH"] = str(ROOT)
-    procs = []
-    for i in range(n):
-        with (tmp / f"w{i}.log").open("ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(WORKER), "--address", address, "--task-queue", queue,
-                "--connectors", str(catalog), "--store", store, "--max-activities", "200",
-                "--config-json", json.dumps({}),
-                cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=log,
-            )  # fmt: skip
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        if not line.startswith(b"READY"):
-            raise RuntimeError(f"worker {i} did not start; see {tmp / f'w{i}.log'}")
-        procs.append(proc)
-    return procs
 
 
 async def _arm(
@@ -89,7 +68,7 @@ async def _arm(
         worker: Worker | None = None
         if workers:
             store = f"sqlite:///{tmp / f'healing-{workers}.db'}"
-            procs = await _procs(workers, server.address, queue, catalog, store, tmp)
+            procs = await start_worker_procs(workers, server.address, queue, catalog, store, tmp)
         else:
             plain = PlainActivities(ConnectorCatalog.from_toml(catalog.read_text()))
             worker = Worker(
@@ -126,9 +105,7 @@ async def _arm(
             await asyncio.wait_for(asyncio.gather(*(wait(h) for h in handles)), args.deadline_s)
             during = chaos.stats().faults_by_status.get("503", 0)
         finally:
-            for proc in procs:
-                proc.terminate()
-                await proc.wait()
+            await stop_procs(procs)
             if worker is not None:
                 await worker.shutdown()
                 if run is not None:
@@ -140,18 +117,11 @@ async def _arm(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        server = DevServer(state_dir=tmp / "dev")
-        server.start(timeout=60)
-        try:
-            client = await Client.connect(server.address, plugins=[HealingPlugin(HealingConfig())])
-            rows = [["arm", "upstream calls in outage", "per workflow", "heal after recovery (s)"]]
-            for n in [int(x) for x in args.workers.split(",")]:
-                rows.append(await _arm(server, client, args, n, tmp))
-            rows.append(await _arm(server, client, args, 0, tmp))
-        finally:
-            server.stop()
+    async with dev_server_client() as (server, client, tmp):
+        rows = [["arm", "upstream calls in outage", "per workflow", "heal after recovery (s)"]]
+        for n in [int(x) for x in args.workers.split(",")]:
+            rows.append(await _arm(server, client, args, n, tmp))
+        rows.append(await _arm(server, client, args, 0, tmp))
     print(f"storm: {args.workflows} workflows over {args.spread_s:g} s, {args.outage_s:g} s outage")
     print(table(rows))
 

@@ -9,15 +9,18 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.common import RetryPolicy
 from temporalio.worker import (
     Interceptor,
@@ -29,7 +32,9 @@ from temporalio.worker import (
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
 
 from activities.integration import CALL_INTEGRATION, CallRequest
+from healing import HealingConfig, HealingPlugin
 from healing.catalog import ConnectorCatalog
+from healing.devserver import DevServer
 from healing.testing import ChaosStats, FaultPlan
 
 TENACITY = "stop_after_attempt(4), wait_exponential_jitter(initial=1, max=30, jitter=1)"
@@ -202,3 +207,58 @@ def table(rows: Sequence[Sequence[str]]) -> str:
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+WORKER_PROC = Path(__file__).resolve().parents[1] / "tests" / "chaos" / "worker_proc.py"
+"""A healing worker in its own process (run as a script; benchmarks import nothing from tests)."""
+
+
+async def start_worker_procs(
+    n: int, address: str, queue: str, catalog: Path, store: str, logs: Path
+) -> list[asyncio.subprocess.Process]:
+    """``n`` healing worker processes on ``queue`` sharing ``store``, each ready when returned;
+    one after the other, so the first migrates the store. Their stderr goes to ``logs``."""
+    root = WORKER_PROC.parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALING_")}
+    env["PYTHONPATH"] = str(root)
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for i in range(n):
+            log_path = logs / f"{queue}-w{i}.log"
+            with log_path.open("ab") as log:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, str(WORKER_PROC), "--address", address, "--task-queue", queue,
+                    "--connectors", str(catalog), "--store", store, "--max-activities", "200",
+                    cwd=root, env=env, stdout=asyncio.subprocess.PIPE, stderr=log,
+                )  # fmt: skip
+            procs.append(proc)
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            if not line.startswith(b"READY"):
+                raise RuntimeError(f"worker {i} did not start; see {log_path}")
+    except BaseException:
+        await stop_procs(procs)
+        raise
+    return procs
+
+
+async def stop_procs(procs: Sequence[asyncio.subprocess.Process]) -> None:
+    """Stop processes this benchmark started (by their handle), waiting for each."""
+    for proc in procs:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def dev_server_client() -> AsyncIterator[tuple[DevServer, Client, Path]]:
+    """A fresh dev server in a temporary directory, a healing client on it, and the directory."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        server = DevServer(state_dir=tmp / "dev")
+        server.start(timeout=60)
+        try:
+            client = await Client.connect(server.address, plugins=[HealingPlugin(HealingConfig())])
+            yield server, client, tmp
+        finally:
+            server.stop()
