@@ -361,13 +361,13 @@ class FleetBreakers:
             return Admission(False, 0.05, closed_at=closed_at)
         return Admission(True, closed_at=closed_at)
 
-    async def is_open(self, connector: ConnectorName, *, now: float) -> bool:
-        """Whether the fleet holds ``connector``'s circuit open at ``now`` (read only: no
-        probe is taken). A reroute skips an alternative that is down for everyone."""
+    async def state_of(self, connector: ConnectorName, *, now: float) -> str:
+        """``connector``'s circuit for the fleet at ``now``: ``closed``, ``open`` or
+        ``half_open`` (read only: no probe is taken)."""
         if not self.policy.enabled:
-            return False
+            return "closed"
         doc, _ = await self._doc(connector)
-        return self._view(connector, doc, now).state == "open"
+        return str(self._view(connector, doc, now).state)
 
     def _keep_from(self, now: float, closed_at: float) -> int:
         return max(int(now - self.policy.window_s) + 1, int(closed_at) + 1 if closed_at else 0)

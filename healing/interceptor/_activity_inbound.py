@@ -566,11 +566,15 @@ class ActivityInbound(ActivityInboundInterceptor):
         )
 
     async def _healthy_alternatives(self, call: Attempt) -> list[str]:
-        """The call's alternatives whose circuit the fleet does not hold open: a reroute to
-        one that is down for everyone would only wait behind its circuit."""
+        """The call's alternatives a reroute may use, closed circuits first: one the fleet
+        holds open would only wait behind its circuit; a half-open one comes after the
+        closed ones (a call sent there is its probe)."""
         known = self.root.alternatives.get(call.base_connector or "", [])
         now = self._now(call)
-        return [a for a in known if not await self.root.breakers.is_open(a, now=now)]
+        states = {a: await self.root.breakers.state_of(a, now=now) for a in known}
+        return [a for a in known if states[a] == "closed"] + [
+            a for a in known if states[a] == "half_open"
+        ]
 
     def _untried(self, call: Attempt, alternatives: list[str]) -> list[str]:
         """Alternatives of the call's connector it has not been sent to yet."""
