@@ -184,9 +184,9 @@ class StepSituation:
     """A workflow started before the outage rule: reroute as it did then (replay safety)."""
     parks: int = 0
     """Times this call already waited for a spent quota's reset."""
-    park_max_s: float = 0.0
-    """The longest reset a spent quota parks the call for with no human (0: never parks, as
-    workflows started before parking did)."""
+    park_s: float | None = None
+    """Seconds until a spent quota's reset, when the activity side's report says the call may
+    wait for it with no human (None: it may not, as reports before parking said nothing)."""
 
 
 MAX_PARKS: Final = 3
@@ -228,11 +228,10 @@ def next_step(s: StepSituation) -> StepVerdict:
     if reroutable and s.has_connector and s.untried_alternatives:
         target = s.untried_alternatives[0]
         return StepVerdict("reroute", target=target, reason=f"{etype.value}: try {target}")
-    reset = cls.retry_after_s
-    if etype is ErrorType.QUOTA_EXHAUSTED and reset is not None and 0 < reset <= s.park_max_s:
+    if etype is ErrorType.QUOTA_EXHAUSTED and s.park_s is not None and s.park_s > 0:
         # The account's quota comes back at a known time: the call waits for it, durably.
         if s.parks < MAX_PARKS:
-            return StepVerdict("park", reason="the quota resets by itself", delay_s=reset)
+            return StepVerdict("park", reason="the quota resets by itself", delay_s=s.park_s)
         return StepVerdict("escalate", reason=f"{s.parks} quota resets did not help")
     return StepVerdict("escalate", reason="no healing strategy is left")
 

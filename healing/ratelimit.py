@@ -102,9 +102,10 @@ def _float(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(_first(value).strip())
+        number = float(_first(value).strip())
     except ValueError:
         return None
+    return number if math.isfinite(number) else None  # "inf", "nan", "1e400"
 
 
 def _reset_after(value: str | None, now_epoch: float) -> float | None:
@@ -502,15 +503,21 @@ def retry_after_window(cur: Window, end: float) -> float | None:
     return measured or None
 
 
-def probing(window: Window, now: float) -> int:
+def probing(window: Window, now: float, accepted_last_window: int) -> int:
     """How many doublings above a Retry-After-learned limit the pace probes (0: none).
 
     Learned from refusals alone, a limit may be measured low (while the pace itself bounded
-    what a window could show): each quiet window since the last 429 doubles the pace, and the
-    next 429 blocks until its window's end, as any would."""
+    what a window could show). A window that the upstream let fill at the current level earns
+    the next doubling, at most one per quiet window since the last 429; an idle window earns
+    none, so a lull never leaves the connector unpaced. The next 429 blocks until its window's
+    end, as any would."""
     if window.source != "retry-after" or not window.reset_at or not window.window_s:
         return 0
-    return max(math.floor((now - window.reset_at) / window.window_s), 0)
+    if not window.limit or accepted_last_window < 0.9 * window.limit:
+        return 0
+    quiet = math.floor((now - window.reset_at) / window.window_s)
+    filled = math.floor(math.log2(accepted_last_window / (0.9 * window.limit))) + 1
+    return max(min(quiet, filled, _PROBE_LEVELS - 1), 0)
 
 
 def spacing_s(
@@ -519,7 +526,7 @@ def spacing_s(
     policy: RateLimitPolicy,
     *,
     run_ok: int = 0,
-    now: float | None = None,
+    probe: int = 0,
 ) -> float:
     """Seconds between two starts of a connector's calls, fleet-wide (0: unpaced).
 
@@ -537,9 +544,8 @@ def spacing_s(
         assert window.limit is not None and window.window_s is not None
         if window.window_s <= policy.max_paced_window_s:
             gap = window.window_s / window.limit
-            probe = probing(window, now) if now is not None else 0
             if probe:
-                gap = gap / 2 ** min(probe, 30)
+                gap = gap / 2**probe
             if gap >= 0.001:
                 gaps.append(gap)
     if gaps:
@@ -666,13 +672,31 @@ class FleetPacer:
 
     async def window(self, connector: str, *, now: float, fresh: bool = False) -> Window | None:
         """The connector's window (cached for ``policy.cache_s``)."""
+        return (await self._read(connector, now=now, fresh=fresh))[0]
+
+    async def _read(
+        self, connector: str, *, now: float, fresh: bool = False
+    ) -> tuple[Window | None, int | None]:
+        """The window and the store version it was read at (what a write must replace)."""
         cached = self._cache.get(connector)
         if cached is not None and not fresh and 0 <= now - cached[0] < self.policy.cache_s:
-            return cached[1]
+            return cached[1], cached[2]
         entry = await self.state.state_get(RATE_SPACE, connector)
         window = Window.from_doc(entry.value) if entry is not None else None
-        self._cache[connector] = (now, window, entry.version if entry is not None else None)
-        return window
+        version = entry.version if entry is not None else None
+        self._cache[connector] = (now, window, version)
+        return window, version
+
+    async def _probe(self, connector: str, window: Window | None, now: float) -> int:
+        """The probing level of a Retry-After-learned pace (see :func:`probing`)."""
+        if window is None or window.source != "retry-after" or not window.window_s:
+            return 0
+        if not window.reset_at or now - window.reset_at < window.window_s:
+            return 0  # no quiet window yet: nothing to read
+        key = f"rate:{connector}:ok"
+        since = int((now - window.window_s) / _OK_BUCKET_S)
+        accepted = (await self.state.counter_sums([key], since_bucket=since))[key]
+        return probing(window, now, accepted)
 
     async def _run_ok(self, connector: str, window: Window) -> int:
         since = int(window.run_start / _OK_BUCKET_S)
@@ -704,9 +728,10 @@ class FleetPacer:
         run_ok = 0
         if window is not None and window.learning and not window.known and configured is None:
             run_ok = await self._run_ok(connector, window)
-        gap = spacing_s(window, configured, self.policy, run_ok=run_ok, now=now)
+        probe = await self._probe(connector, window, now)
+        gap = spacing_s(window, configured, self.policy, run_ok=run_ok, probe=probe)
         blocked = window.blocked_until if window is not None else 0.0
-        gen = _generation(window, now)
+        gen = _generation(window, probe)
         if gap <= 0 and blocked <= now:
             return Reservation(start=now, gen=gen)
         # A spent window with no known pace still hands out distinct starts: no herd at reset.
@@ -725,7 +750,8 @@ class FleetPacer:
         """Read the window afresh before sending: a slot of an older generation (the pace
         changed, or a 429 blocked the connector since) must be taken again."""
         window = await self.window(connector, now=now, fresh=True)
-        return window is None or _generation(window, now) == reservation_gen
+        probe = await self._probe(connector, window, now)
+        return window is None or _generation(window, probe) == reservation_gen
 
     async def observe(
         self,
@@ -744,7 +770,7 @@ class FleetPacer:
         that says nothing but Retry-After only blocks it until the reset."""
         spent = throttled or (info is not None and info.exhausted)
         # A refusal is rare and teaches the most: learn it from the fleet's latest window.
-        old = await self.window(connector, now=now, fresh=spent)
+        old, version = await self._read(connector, now=now, fresh=spent)
         run_ok = 0
         if (old or Window()).learning and not spent:
             bucket = int(now / _OK_BUCKET_S)
@@ -772,10 +798,11 @@ class FleetPacer:
             )
             if old is not None and not _matters(old, new, now):
                 return new
-            if await self._put(connector, new, now):
+            if await self._put(connector, new, now, version):
                 return new
-            # Another worker wrote first: learn this answer again over its window.
-            old = await self.window(connector, now=now, fresh=True)
+            # Another writer (a worker, or a call of this one) was first: learn this answer
+            # again over its window.
+            old, version = await self._read(connector, now=now, fresh=True)
         return new
 
     async def _retry_after_only(
@@ -804,10 +831,9 @@ class FleetPacer:
             accepted = max(accepted, round(cur.limit * measured / cur.window_s))
         return (accepted or None, measured if accepted else None, measured)
 
-    async def _put(self, connector: str, window: Window, now: float) -> bool:
-        """Write the window over the version this worker read (compare-and-swap)."""
-        cached = self._cache.get(connector)
-        version = cached[2] if cached is not None else None
+    async def _put(self, connector: str, window: Window, now: float, version: int | None) -> bool:
+        """Write the window over ``version``, the one this answer was learned from
+        (compare-and-swap: a write made meanwhile, by any worker or call, is never lost)."""
         written = await self.state.state_put(
             RATE_SPACE, connector, window.to_doc(), expected_version=version, now=now
         )
@@ -817,13 +843,13 @@ class FleetPacer:
         return True
 
 
-def _generation(window: Window | None, now: float) -> int:
+def _generation(window: Window | None, probe: int) -> int:
     """The slot queue a call joins: the window's generation and, while a pace learned from
     Retry-After probes upwards, its level (a faster pace starts a fresh queue; the calls
     queued behind the slower one take a slot again)."""
     if window is None:
         return 0
-    return window.gen * _PROBE_LEVELS + min(probing(window, now), _PROBE_LEVELS - 1)
+    return window.gen * _PROBE_LEVELS + probe
 
 
 def _matters(old: Window, new: Window, now: float) -> bool:

@@ -218,8 +218,8 @@ class HealingStatus(_Frozen):
     """Schema drift this workflow's calls met (``added properties.hs_new_prop (string)``),
     names and types only; also drift that failed nothing."""
     parked: dict[str, datetime] = Field(default_factory=dict)
-    """Calls waiting, with no human, for a spent quota's reset: ``connector.operation`` -> when
-    they resume (UTC)."""
+    """Calls waiting, with no human, for a spent quota's reset: ``connector.operation`` (with
+    `` #2``, ``#3`` ... for parallel calls of one operation) -> when they resume (UTC)."""
 
     @property
     def open_escalation(self) -> Escalation | None:
@@ -277,8 +277,11 @@ class FailureReport(_Frozen):
     activity_id: str | None = None
     """The call's activity id: restarts reuse it, so its idempotency key stays the same."""
     alternatives: list[str] = Field(default_factory=list)
-    """Reroute targets of the connector, as the activity's worker knows them; recorded in
-    history so the workflow side decides the same way on replay."""
+    """Reroute targets of the connector, as the activity's worker knows them, healthiest
+    first; recorded in history so the workflow side decides the same way on replay."""
+    park_s: float | None = None
+    """For a spent daily or org quota: seconds until its reset, when the call may wait for it
+    with no human (within the worker's ``max_wait_s``); None: a human decides."""
 
 
 class RetriesHealed(_Frozen):

@@ -269,6 +269,9 @@ class ActivityInbound(ActivityInboundInterceptor):
                 raise self._hold(
                     call, f"{cls.message} (parked until the reset)", reset + spread, call.ledger
                 )
+            if reset is not None and cls.retry_after_s is None:
+                # A reset header (not Retry-After) said when: the workflow may park for it.
+                cls = cls.model_copy(update={"retry_after_s": reset})
         raise await self._verdict(cls, call)
 
     async def _circuit_held(
@@ -468,7 +471,7 @@ class ActivityInbound(ActivityInboundInterceptor):
             # failure): count every earlier attempt against this type, the safe side.
             counts = {key: earlier}
         counts[key] = counts.get(key, 0) + 1
-        alternatives = await self._healthy_alternatives(call)
+        alternatives, down = await self._alternatives(call)
         used = counts[key]
         total = call.elapsed()
         # The budget counts from the first failure: a long first attempt or a queue backlog
@@ -492,7 +495,8 @@ class ActivityInbound(ActivityInboundInterceptor):
                 max_retry_after_s=cfg.max_retry_after_s,
                 hint=hint,
                 circuit_wait_s=self._circuit_wait(cls, call),
-                has_alternative=bool(self._untried(call, alternatives)),
+                # An alternative whose circuit the fleet holds open is no way out.
+                has_alternative=bool(set(self._untried(call, alternatives)) - down),
                 spread=spread,
             )
         )
@@ -538,6 +542,7 @@ class ActivityInbound(ActivityInboundInterceptor):
                 activity_id=info.activity_id,
                 token_version=call.context.token_version if call.context else None,
                 alternatives=alternatives,
+                park_s=self._park_s(cls),
             ).model_dump(mode="json")
         }
         message = cls.message or key
@@ -565,16 +570,23 @@ class ActivityInbound(ActivityInboundInterceptor):
             category=category,
         )
 
-    async def _healthy_alternatives(self, call: Attempt) -> list[str]:
-        """The call's alternatives a reroute may use, closed circuits first: one the fleet
-        holds open would only wait behind its circuit; a half-open one comes after the
-        closed ones (a call sent there is its probe)."""
+    async def _alternatives(self, call: Attempt) -> tuple[list[str], set[str]]:
+        """The call's alternatives, healthiest first by their fleet circuit (closed, then half
+        open: a call sent there is its probe, then open: a reroute there would only wait
+        behind it, so they come last, still offered to a human), and the open ones."""
         known = self.root.alternatives.get(call.base_connector or "", [])
         now = self._now(call)
-        states = {a: await self.root.breakers.state_of(a, now=now) for a in known}
-        return [a for a in known if states[a] == "closed"] + [
-            a for a in known if states[a] == "half_open"
-        ]
+        rank = {"closed": 0, "half_open": 1, "open": 2}
+        states = {a: rank.get(await self.root.breakers.state_of(a, now=now), 0) for a in known}
+        return sorted(known, key=lambda a: states[a]), {a for a in known if states[a] == 2}
+
+    def _park_s(self, cls: Classification) -> float | None:
+        """Seconds a spent quota's call may wait for its reset with no human (recorded in the
+        report, so a replay parks alike whatever this worker's config is by then)."""
+        reset = cls.retry_after_s
+        if cls.error_type is not ErrorType.QUOTA_EXHAUSTED or reset is None or reset <= 0:
+            return None
+        return reset if reset <= self.root.config.max_wait_s else None
 
     def _untried(self, call: Attempt, alternatives: list[str]) -> list[str]:
         """Alternatives of the call's connector it has not been sent to yet."""

@@ -463,11 +463,7 @@ class HealingOutbound(WorkflowOutboundInterceptor):
                 # Workflows started before the outage rule replay by the old reroute set.
                 legacy=not self.state.feature(_OUTAGE_RULE_PATCH, True),
                 parks=call.parks,
-                park_max_s=(
-                    self.side.config.max_wait_s
-                    if self.state.feature(_QUOTA_PARK_PATCH, True)
-                    else 0.0
-                ),
+                park_s=report.park_s if self.state.feature(_QUOTA_PARK_PATCH, True) else None,
             )
         )
         if verdict.action == "refresh" and connector:
@@ -586,6 +582,10 @@ class HealingOutbound(WorkflowOutboundInterceptor):
         delay = max(delay, 1.0)
         until = workflow.now() + timedelta(seconds=delay)
         what = f"{call.connector or '?'}.{call.operation or '?'}"
+        n = 1
+        while what in self.state.parked:  # parallel calls of one operation park side by side
+            n += 1
+            what = f"{call.connector or '?'}.{call.operation or '?'} #{n}"
         call.parks += 1
         detail = f"quota spent: parked until {until:%Y-%m-%d %H:%M:%S} UTC, resumes by itself"
         self._note(
@@ -606,8 +606,15 @@ class HealingOutbound(WorkflowOutboundInterceptor):
             await workflow.sleep(
                 delay, summary=f"quota of {call.connector} spent: parked until the reset"
             )
-        finally:
+        except asyncio.CancelledError:
             self.state.parked.pop(what, None)
+            self.state.set("failed", cls.error_type.value)
+            raise
+        self.state.parked.pop(what, None)
+        self.state.set("healing", cls.error_type.value)  # Current Details drop the resume time
+        # A fresh budget from now: the hours parked are not healing time.
+        call.started = workflow.now()
+        call.healing_since = None
         hints = _hints(current)
         return _with_hints(current, round=hints.round + 1, budget_s=None)
 

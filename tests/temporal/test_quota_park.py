@@ -17,7 +17,7 @@ from tests.temporal.test_current_details import current_details
 HOURS_2 = 7200
 
 
-def _daily_quota(retry_after: int | None) -> Any:
+def _daily_quota(retry_after: int | None, extra: dict[str, str] | None = None) -> Any:
     # Google's daily quota: 403 dailyLimitExceeded, Retry-After until the quota's reset.
     body = {
         "error": {
@@ -27,6 +27,7 @@ def _daily_quota(retry_after: int | None) -> Any:
         }
     }
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    headers.update(extra or {})
     return fail(403, body=json.dumps(body), headers=headers)
 
 
@@ -78,4 +79,34 @@ async def test_a_spent_quota_with_no_reset_asks_a_human(harness: Harness) -> Non
         st = await harness.escalated(handle)
     esc = st.open_escalation
     assert esc is not None and esc.error_type == "QUOTA_EXHAUSTED" and not st.parked
+    assert acts.count == 1
+
+
+async def test_a_reset_header_without_retry_after_parks_too(harness: Harness) -> None:
+    spent = _daily_quota(None, {"RateLimit-Remaining": "0", "RateLimit-Reset": str(HOURS_2)})
+    acts = Scripted([spent], then=None)
+    async with harness.worker(acts.activity):
+        handle = await harness.start()
+        out = await handle.result()
+        st = await harness.status(handle)
+    assert out["result"]["ok"] is True and acts.count == 2
+    (gap,) = acts.gaps()
+    assert HOURS_2 - 5 <= gap < HOURS_2 + 120, gap
+    assert st.state == "healed" and not st.open_escalations
+
+
+async def test_a_workflow_cancelled_while_parked_ends_failed_with_nothing_parked(
+    harness: Harness,
+) -> None:
+    acts = Scripted([_daily_quota(HOURS_2)], then=None)
+    async with harness.worker(acts.activity):
+        handle = await harness.start()
+        await harness.wait_for(handle, lambda s: bool(s.parked), "a parked call")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        st = await harness.status(handle)
+        details = await current_details(handle)
+    assert st.state == "failed" and st.parked == {}
+    assert "Parked" not in details
     assert acts.count == 1

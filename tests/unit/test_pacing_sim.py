@@ -9,6 +9,7 @@ real-time proof on the dev server is ``tests/chaos/test_fleet_flow.py``.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import random
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class Run:
     throttled: int
     seconds: float
     """From the first call the upstream saw to the last answer."""
+    end: float
+    """Epoch seconds of the last answer."""
 
 
 async def drive(
@@ -43,11 +46,12 @@ async def drive(
     in_flight: int = 40,
     seed: int = 1,
     offset_s: float = 0.0,
+    pacer: FleetPacer | None = None,
 ) -> Run:
     """``answer``: the chaos server's rate book, or a share of answers that are random
     ``429 Retry-After: 1`` with no window behind them (load shedding)."""
     rng = random.Random(seed)
-    pacer = FleetPacer(MemoryFleetState(), RateLimitPolicy())
+    pacer = pacer or FleetPacer(MemoryFleetState(), RateLimitPolicy())
     windows = (RateWindow(requests=WINDOW[0], per_s=WINDOW[1], form=form),)
     start = T0 + offset_s
     events: list[tuple[float, int, str, int]] = [(start, i, "reserve", 0) for i in range(in_flight)]
@@ -92,7 +96,7 @@ async def drive(
             if waiting > 0:
                 waiting -= 1
                 heapq.heappush(events, (now, caller, "reserve", 0))
-    return Run(throttled, last - (first or start))
+    return Run(throttled, last - (first or start), last)
 
 
 @pytest.mark.parametrize("form", ["retry-after", "retry-after-date", "hubspot", "x-ratelimit"])
@@ -115,3 +119,48 @@ async def test_random_refusals_block_for_their_retry_after_but_never_ratchet_the
     run = await drive(0.05, calls=240, in_flight=20, seed=seed)
     assert run.throttled > 5
     assert run.seconds <= 10.0 + 4.0 * run.throttled, run
+
+
+async def test_a_lull_leaves_the_learned_pace_in_place() -> None:
+    # Probing doubles the pace only for windows the upstream let fill: after ten idle
+    # minutes the next batch starts at the learned pace, not unpaced into a wall of 429s
+    # (it did: 41 refusals, every call in flight).
+    book = RateBook()
+    pacer = FleetPacer(MemoryFleetState(), RateLimitPolicy())
+    warm = await drive(book, calls=100, pacer=pacer)
+    later = await drive(book, calls=100, pacer=pacer, offset_s=warm.end - T0 + 600.0)
+    assert later.throttled <= 4, later
+    assert later.seconds <= 1.2 * (100 / WINDOW[0] * WINDOW[1]), later
+
+
+class _Paused(MemoryFleetState):
+    """Holds the first ``counter_sums`` until released: one call of a worker mid-learning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached, self.release = asyncio.Event(), asyncio.Event()
+
+    async def counter_sums(self, keys: list[str], *, since_bucket: int) -> dict[str, int]:
+        if not self.reached.is_set():
+            self.reached.set()
+            await self.release.wait()
+        return await super().counter_sums(keys, since_bucket=since_bucket)
+
+
+async def test_two_calls_of_one_worker_never_lose_each_others_window() -> None:
+    fleet = _Paused()
+    pacer = FleetPacer(fleet, RateLimitPolicy())
+    await pacer.observe("crm", None, now=T0, throttled=True, retry_after_s=2.0)  # a boundary
+    fleet.reached.clear()
+    # A: a bare 429 that measures a window, paused while it counts what the window took.
+    a = asyncio.create_task(
+        pacer.observe("crm", None, now=T0 + 5, throttled=True, retry_after_s=2.0)
+    )
+    await fleet.reached.wait()
+    # B, in the same worker meanwhile: the answer says the window is spent for 300 s.
+    await pacer.observe("crm", None, now=T0 + 5.1, throttled=True, retry_after_s=300.0)
+    fleet.release.set()
+    await a
+    window = await pacer.window("crm", now=T0 + 6, fresh=True)
+    assert window is not None
+    assert window.blocked_until == pytest.approx(T0 + 305.1, abs=0.001)  # B's block stands

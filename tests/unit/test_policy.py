@@ -255,15 +255,13 @@ STEP_CASES: list[tuple[str, ErrorType, dict[str, Any], str, str | None]] = [
     ("legacy quota down", E.SERVICE_DOWN, {"alts": ("b",), "now": True, "legacy": True},
      "reroute", "b"),
     # A spent quota with a known reset parks the call (never reroutes: the quota is ours).
-    ("quota, reset known", E.QUOTA_EXHAUSTED, {"now": True, "reset": 7200.0, "alts": ("b",)},
+    ("quota, reset known", E.QUOTA_EXHAUSTED, {"now": True, "park": 7200.0, "alts": ("b",)},
      "park", None),
-    ("quota, parks spent", E.QUOTA_EXHAUSTED, {"now": True, "reset": 7200.0, "parks": 3},
+    ("quota, parks spent", E.QUOTA_EXHAUSTED, {"now": True, "park": 7200.0, "parks": 3},
      "escalate", None),
-    ("quota, reset too far", E.QUOTA_EXHAUSTED, {"now": True, "reset": 200_000.0}, "escalate",
-     None),
-    ("quota, no reset", E.QUOTA_EXHAUSTED, {"now": True}, "escalate", None),
-    ("quota, before parking", E.QUOTA_EXHAUSTED, {"now": True, "reset": 7200.0, "park_max": 0},
-     "escalate", None),
+    # No park in the report: no reset known, one past max_wait_s, or a report from before.
+    ("quota, report says no park", E.QUOTA_EXHAUSTED, {"now": True}, "escalate", None),
+    ("rate limited, park", E.RATE_LIMITED, {"now": True, "park": 7200.0}, "escalate", None),
 ]  # fmt: skip
 
 
@@ -278,7 +276,7 @@ def test_next_step_table(
         etype,
         schema_mapping={"email_address": "email"} if given.get("mapping") else {},
         escalate_now=given.get("now", False),
-    ).model_copy(update={"retry_after_s": given.get("reset")})
+    )
     verdict = next_step(
         StepSituation(
             classification=cls,
@@ -288,7 +286,7 @@ def test_next_step_table(
             has_connector=given.get("has_connector", True),
             legacy=given.get("legacy", False),
             parks=given.get("parks", 0),
-            park_max_s=given.get("park_max", 86_400.0),
+            park_s=given.get("park"),
         )
     )
     assert (verdict.action, verdict.target) == (action, target)
