@@ -43,7 +43,7 @@ from healing.testing import ChaosAPI, FaultPlan, FaultRule, SchemaDriftFault
 from healing.testing.drift import DRIFT_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
+MODELS_DIR = Path(__file__).resolve().parents[1] / "tests" / "chaos"
 KIND_TIMEOUT_S = 20.0
 
 
@@ -74,7 +74,8 @@ class Arm:
     async def start(self, address: str, catalog_file: Path, tmp: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEALING_")}
         env |= {
-            "PYTHONPATH": f"{self.root}{os.pathsep}{HERE}",
+            # drift_models: the tests' response models (only pydantic: old code imports them too)
+            "PYTHONPATH": f"{self.root}{os.pathsep}{MODELS_DIR}",
             "TEMPORAL_ADDRESS": address,
             "HEALING_TASK_QUEUE": self.task_queue,
             "HEALING_CONNECTORS": str(catalog_file),

@@ -56,7 +56,7 @@ from healing.testing._http import (
     read_request,
     write_response,
 )
-from healing.testing.drift import drift_body
+from healing.testing.drift import drift_body, hubspot_renamed
 from healing.testing.plan import (
     BodyFault,
     FaultPlan,
@@ -102,23 +102,8 @@ def _error(status: int) -> Response:
 
 
 def _renamed(payload: Any) -> Any:
-    """The schema drift of VENDOR-FAULTS #10: email -> email_address, amount as a number."""
-    if not isinstance(payload, dict):
-        return payload
-    out: dict[str, Any] = {}
-    for key, value in payload.items():
-        if key == "email":
-            out["email_address"] = value
-        elif key == "amount" and isinstance(value, str):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = value
-        elif key == "properties" and isinstance(value, dict):
-            out[key] = {**_renamed(value), "hs_new_prop": "x"}
-        else:
-            out[key] = value
-    return out
+    """The schema drift of VENDOR-FAULTS #10 (see ``hubspot_renamed``)."""
+    return hubspot_renamed(payload) if isinstance(payload, dict) else payload
 
 
 class ChaosAPI:

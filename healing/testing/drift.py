@@ -22,7 +22,7 @@ drifts a GET's record, a POST's echo and a HubSpot ``properties`` object alike:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 DriftKind = Literal[
     "hubspot",
@@ -36,18 +36,7 @@ DriftKind = Literal[
     "items",
     "list",
 ]
-DRIFT_KINDS: tuple[DriftKind, ...] = (
-    "hubspot",
-    "rename",
-    "merge_name",
-    "home_currency",
-    "ambiguous",
-    "remove",
-    "data",
-    "results",
-    "items",
-    "list",
-)
+DRIFT_KINDS: tuple[DriftKind, ...] = get_args(DriftKind)
 HOME_RATE = 1.1
 """``home_currency``: the made-up exchange rate the vendor converted with."""
 
@@ -84,7 +73,9 @@ def drift_body(kind: DriftKind, payload: Any) -> Any:
     return out
 
 
-def _hubspot(payload: dict[str, Any]) -> dict[str, Any]:
+def hubspot_renamed(payload: dict[str, Any]) -> dict[str, Any]:
+    """The schema drift of VENDOR-FAULTS #10: ``email`` -> ``email_address``, ``amount`` as a
+    number, and an added ``hs_new_prop`` in ``properties`` (recursively)."""
     out: dict[str, Any] = {}
     for key, value in payload.items():
         if key == "email":
@@ -95,9 +86,14 @@ def _hubspot(payload: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 out[key] = value
         elif key == "properties" and isinstance(value, dict):
-            out[key] = _hubspot(value)
+            out[key] = {**hubspot_renamed(value), "hs_new_prop": "x"}
         else:
             out[key] = value
+    return out
+
+
+def _hubspot(payload: dict[str, Any]) -> dict[str, Any]:
+    out = hubspot_renamed(payload)
     if "properties" not in payload:
         out["hs_new_prop"] = "x"
     return out

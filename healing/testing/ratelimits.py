@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,17 +49,7 @@ RateForm = Literal[
     "ietf-policy",
     "google-quota",
 ]
-RATE_FORMS: tuple[RateForm, ...] = (
-    "retry-after",
-    "retry-after-date",
-    "x-ratelimit",
-    "github",
-    "hubspot",
-    "ietf-03",
-    "ietf-07",
-    "ietf-10",
-    "ietf-policy",
-)
+RATE_FORMS: tuple[RateForm, ...] = tuple(f for f in get_args(RateForm) if f != "google-quota")
 """The short-window forms (``google-quota`` is a daily quota, not a window to pace by)."""
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from healing.adaptation import AUTOMATIC_EVIDENCE, Adaptation, Change, KnownMapping, adapt
 from healing.testing.drift import DRIFT_KINDS, drift_body
+from tests.chaos.drift_models import Contact, Person
 
 
 class Props(BaseModel):
@@ -27,20 +28,6 @@ class HubSpotContact(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
     properties: Props
-
-
-class Person(BaseModel):
-    id: str
-    first_name: str
-    last_name: str
-    email: str
-    amount: float
-
-
-class Contact(BaseModel):
-    id: str
-    name: str
-    email: str
 
 
 PERSON = {
